@@ -1,0 +1,52 @@
+"""What every algorithm provides.
+
+An algorithm computes the three passes of one correlation problem described by
+a :class:`~corrmm.geometry.ConvGeometry`:
+
+    forward      (input, weight)        -> output         (N, K, *out)
+    grad_input   (weight, grad_output)  -> grad of input  (N, C, *in)
+    grad_weight  (input, grad_output)   -> grad of weight (K, C/groups, *kernel)
+
+Tensors arrive validated, non-empty, in any memory layout, all of one dtype and
+device; results may come back in any layout (the op layer sets the memory
+format). ``not_supported_reasons`` lists why a case cannot be served; an empty
+list means it can.
+"""
+from __future__ import annotations
+
+from typing import List
+
+import torch
+
+from ..geometry import ConvGeometry
+
+PASSES = ("forward", "grad_input", "grad_weight")
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class Algorithm:
+    name: str = ""
+    #: dtypes the algorithm computes in, on any device it supports
+    supported_dtypes = FLOAT_DTYPES
+
+    def not_supported_reasons(self, geometry: ConvGeometry, pass_name: str, device: torch.device,
+                              dtype: torch.dtype) -> List[str]:
+        reasons = []
+        if dtype not in self.supported_dtypes:
+            reasons.append(f"{self.name} does not support dtype {dtype}")
+        return reasons
+
+    def forward(self, input: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor:
+        raise NotImplementedError
+
+    def grad_input(self, weight: torch.Tensor, grad_output: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor:
+        raise NotImplementedError
+
+    def grad_weight(self, input: torch.Tensor, grad_output: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor:
+        raise NotImplementedError
+
+    def run(self, pass_name: str, a: torch.Tensor, b: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor:
+        return getattr(self, pass_name)(a, b, geometry)
+
+    def __repr__(self) -> str:
+        return f"<corrmm algorithm {self.name!r}>"

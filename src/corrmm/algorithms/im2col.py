@@ -1,0 +1,143 @@
+"""im2col: unfold patches into a column buffer, then one GEMM per group (caffe's method).
+
+GEMM views, per group, for a chunk of ``n`` images (Cg·R·S is the patch length):
+
+    forward      y[n]   (Kg × P·Q)    = W      (Kg × Cg·R·S) · col[n] (Cg·R·S × P·Q)    batched over n
+    grad_input   col[n] (Cg·R·S × P·Q) = Wᵀ     (Cg·R·S × Kg) · dy[n]  (Kg × P·Q)        then col2im
+    grad_weight  dW     (Kg × Cg·R·S) = dy     (Kg × n·P·Q)  · col    (n·P·Q × Cg·R·S)  one GEMM
+
+The batch is processed in chunks whose column buffer fits the workspace cap
+(:mod:`corrmm.config`). col2im is a gather: every input element sums the
+column entries that read it, found through a per-dimension index map, so no
+two threads ever add into the same element (no atomics, deterministic).
+"""
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .. import config
+from ..geometry import ConvGeometry
+from .base import Algorithm
+from .patches import batch_chunks, group_filter, group_image, numel, patches
+
+
+# ---- grouped primitives (also the building blocks of the swapped algorithm) ----
+
+def forward_grouped(x: torch.Tensor, w: torch.Tensor, padding, stride, dilation, out_size) -> torch.Tensor:
+    """x (N, G, Cg, *in), w (G, Kg, Cg, *k) -> y (N, G, Kg, *out_size)."""
+    batch, groups, cg = x.shape[:3]
+    kernel = w.shape[3:]
+    kg = w.shape[1]
+    ndim = len(kernel)
+    patch_len = cg * numel(kernel)
+    w_mat = w.reshape(groups, kg, patch_len)
+    y = config.new_output(x, (batch, groups, kg, numel(out_size)))
+    for start, n in batch_chunks(batch, groups * patch_len * numel(out_size) * x.element_size()):
+        cols = patches(x[start:start + n], padding, stride, dilation, kernel, out_size)
+        # (n, G, Cg, *out, *k) -> (n, G, Cg, *k, *out): the column buffer, copied once
+        order = [0, 1, 2, *range(3 + ndim, 3 + 2 * ndim), *range(3, 3 + ndim)]
+        cols = cols.permute(order).reshape(n, groups, patch_len, -1)
+        torch.matmul(w_mat, cols, out=y[start:start + n])
+    return y.unflatten(3, tuple(out_size))
+
+
+def _col2im_index(in_size: int, out_size: int, kernel: int, low: int, stride: int, dilation: int,
+                  device) -> torch.Tensor:
+    """(in_size, kernel) map: the output position that input h reads through tap r, or ``out_size``
+    (a zero slot) when no output position does."""
+    h = torch.arange(in_size, device=device).unsqueeze(1) + low
+    r = torch.arange(kernel, device=device).unsqueeze(0)
+    t = h - r * dilation
+    p = torch.div(t, stride, rounding_mode="floor")
+    valid = (t >= 0) & (t % stride == 0) & (p < out_size)
+    return torch.where(valid, p, torch.full_like(p, out_size))
+
+
+def col2im(col: torch.Tensor, in_size: Sequence[int], padding, stride, dilation) -> torch.Tensor:
+    """col (..., *k, *out) -> image (..., *in_size), summing every tap that reads each input element."""
+    ndim = len(in_size)
+    kernel = col.shape[col.dim() - 2 * ndim: col.dim() - ndim]
+    out_size = col.shape[col.dim() - ndim:]
+    lead = col.dim() - 2 * ndim
+    col = F.pad(col, [0, 1] * ndim)  # a zero slot at the end of every output dimension
+    # index tensors broadcast over (*in, *k): dims 0..ndim-1 are input positions, then taps
+    index = [slice(None)] * lead
+    tap_index, pos_index = [], []
+    for i in range(ndim):
+        shape_in = [1] * (2 * ndim)
+        shape_in[i] = in_size[i]
+        shape_in[ndim + i] = kernel[i]
+        shape_tap = [1] * (2 * ndim)
+        shape_tap[ndim + i] = kernel[i]
+        m = _col2im_index(in_size[i], out_size[i], kernel[i], padding[i][0], stride[i], dilation[i], col.device)
+        pos_index.append(m.reshape(shape_in))
+        tap_index.append(torch.arange(kernel[i], device=col.device).reshape(shape_tap))
+    gathered = col[tuple(index + tap_index + pos_index)]  # (..., *in, *k)
+    return gathered.sum(dim=tuple(range(gathered.dim() - ndim, gathered.dim())))
+
+
+def grad_input_grouped(w: torch.Tensor, dy: torch.Tensor, padding, stride, dilation, in_size) -> torch.Tensor:
+    """w (G, Kg, Cg, *k), dy (N, G, Kg, *out) -> dx (N, G, Cg, *in_size)."""
+    groups, kg, cg = w.shape[:3]
+    kernel = w.shape[3:]
+    batch = dy.shape[0]
+    out_size = dy.shape[3:]
+    patch_len = cg * numel(kernel)
+    w_t = w.reshape(groups, kg, patch_len).transpose(1, 2)
+    dx = config.new_output(dy, (batch, groups, cg, *in_size))
+    # the gather materialises (n, G, Cg, *in, *k) too: count the larger of the two buffers
+    per_image = groups * patch_len * max(numel(out_size), numel(in_size)) * dy.element_size()
+    for start, n in batch_chunks(batch, per_image):
+        col = torch.matmul(w_t, dy[start:start + n].reshape(n, groups, kg, -1))  # (n, G, Cg·R·S, P·Q)
+        col = col.reshape(n, groups, cg, *kernel, *out_size)
+        dx[start:start + n] = col2im(col, in_size, padding, stride, dilation)
+    return dx
+
+
+def grad_weight_grouped(x: torch.Tensor, dy: torch.Tensor, padding, stride, dilation, kernel) -> torch.Tensor:
+    """x (N, G, Cg, *in), dy (N, G, Kg, *out) -> dW (G, Kg, Cg, *kernel)."""
+    batch, groups, cg = x.shape[:3]
+    kg = dy.shape[2]
+    out_size = dy.shape[3:]
+    ndim = len(kernel)
+    patch_len = cg * numel(kernel)
+    total = None
+    for start, n in batch_chunks(batch, groups * patch_len * numel(out_size) * x.element_size()):
+        cols = patches(x[start:start + n], padding, stride, dilation, kernel, out_size)
+        # (n, G, Cg, *out, *k) -> (G, n, *out, Cg, *k) -> (G, n·P·Q, Cg·R·S)
+        order = [1, 0, *range(3, 3 + ndim), 2, *range(3 + ndim, 3 + 2 * ndim)]
+        cols = cols.permute(order).reshape(groups, -1, patch_len)
+        dy_mat = dy[start:start + n].permute(1, 2, 0, *range(3, 3 + ndim)).reshape(groups, kg, -1)  # (G, Kg, n·P·Q)
+        part = torch.matmul(dy_mat, cols)
+        if total is None:
+            total = part
+        else:  # several chunks: accumulate in float32 (float64 stays float64)
+            if total.dtype in (torch.float16, torch.bfloat16):
+                total = total.float()
+            total += part
+    return total.to(x.dtype).reshape(groups, kg, cg, *kernel)
+
+
+class Im2col(Algorithm):
+    name = "im2col"
+
+    def forward(self, input, weight, g: ConvGeometry):
+        y = forward_grouped(group_image(input, g.groups), group_filter(weight, g.groups),
+                            g.padding, g.stride, g.dilation, g.out_size)
+        return y.flatten(1, 2)
+
+    def grad_input(self, weight, grad_output, g: ConvGeometry):
+        dx = grad_input_grouped(group_filter(weight, g.groups), group_image(grad_output, g.groups),
+                                g.padding, g.stride, g.dilation, g.in_size)
+        return dx.flatten(1, 2)
+
+    def grad_weight(self, input, grad_output, g: ConvGeometry):
+        dw = grad_weight_grouped(group_image(input, g.groups), group_image(grad_output, g.groups),
+                                 g.padding, g.stride, g.dilation, g.kernel)
+        return dw.flatten(0, 1)
+
+
+ALGORITHM = Im2col()
