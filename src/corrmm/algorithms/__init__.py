@@ -1,18 +1,23 @@
-"""The algorithm registry: one module per algorithm, one line here per module."""
+"""The algorithm registry: one module per algorithm, one line per module in ``MODULES``.
+
+Each module defines ``ALGORITHM``, an instance of :class:`~corrmm.algorithms.base.Algorithm`.
+"""
 from __future__ import annotations
 
+import importlib
 from typing import Dict
 
 from .base import PASSES, Algorithm
-from . import im2col, swapped
 
-REGISTRY: Dict[str, Algorithm] = {
-    module.ALGORITHM.name: module.ALGORITHM
-    for module in (
-        im2col,
-        swapped,
-    )
-}
+MODULES = [
+    "im2col",
+    "swapped",
+]
+
+REGISTRY: Dict[str, Algorithm] = {}
+for _module in MODULES:
+    _algorithm = importlib.import_module(f"{__name__}.{_module}").ALGORITHM
+    REGISTRY[_algorithm.name] = _algorithm
 
 #: names accepted by ``algo=`` besides the registered algorithms
 CHOOSERS = ("auto",)
@@ -30,4 +35,4 @@ def get(name: str) -> Algorithm:
         raise ValueError(f"unknown algo {name!r}: expected one of {[*CHOOSERS, *REGISTRY]}") from None
 
 
-__all__ = ["PASSES", "Algorithm", "REGISTRY", "CHOOSERS", "algorithms", "get"]
+__all__ = ["PASSES", "Algorithm", "REGISTRY", "CHOOSERS", "MODULES", "algorithms", "get"]
