@@ -67,3 +67,15 @@ def assert_close_to_reference(ours, ref64, torch_same_dtype, dtype, what=""):
     torch_err = rel_err(torch_same_dtype, ref64)
     bound = 2 * torch_err + 16 * eps
     assert ours_err <= bound, f"{what}: relative error {ours_err:.3e} > bound {bound:.3e} (torch's own {torch_err:.3e})"
+
+
+UNIVERSAL = {"im2col", "swapped"}  # algorithms that must serve every geometry
+
+
+def refused(algo: str, err: ValueError) -> bool:
+    """True when ``err`` is an algorithm declining a case it does not serve (only the
+    specialised algorithms may); anything else is re-raised by the caller."""
+    if "cannot run" not in str(err):
+        return False
+    assert algo not in UNIVERSAL, f"{algo} must serve every case: {err}"
+    return True

@@ -14,10 +14,9 @@ import torch
 import corrmm
 from corrmm.algorithms import REGISTRY
 
-from tests.reference import (DEVICE, DTYPES, INTERPRETED, assert_close_to_reference, randn, reference_passes,
+from tests.reference import (UNIVERSAL, DEVICE, DTYPES, INTERPRETED, assert_close_to_reference, randn, reference_passes,
                         seeded_generator)
 
-UNIVERSAL = {"im2col", "swapped"}
 
 # (batch, channels, in_size, filters, kernel, groups)
 SHAPES_2D = [

@@ -1,0 +1,207 @@
+"""The implicit-GEMM Triton kernels against torch's float64 convolution.
+
+On a machine without a GPU the kernels run in Triton's interpreter (tests/conftest.py
+sets ``TRITON_INTERPRET=1`` before anything imports Triton), so shapes are small
+and odd; each case still spans several programs and several K steps of the
+interpreter's 32x32x16 tiles. ``CORRMM_TEST_DEVICE=cuda`` runs the same cases on a GPU.
+
+Tolerances (relative error in norm): 1e-5 float32 (IEEE products; TF32 is
+switched off here), 1e-12 float64, 1e-2 for the 16-bit types.
+"""
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import corrmm
+from corrmm import config
+from corrmm.geometry import ConvGeometry
+from tests.reference import DEVICE, seeded_generator
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None
+    or (DEVICE.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1"),
+    reason="the implicit kernels need Triton, and on the CPU its interpreter",
+)
+
+if importlib.util.find_spec("triton") is not None:
+    from corrmm import kernels
+    from corrmm.algorithms import implicit
+    from corrmm.kernels import common
+    from corrmm.kernels.implicit_grad_weight import MAX_SPLITS, choose_splits
+
+TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+
+
+@pytest.fixture(autouse=True)
+def ieee_float32():
+    """float32 cases measure IEEE products: TF32 off for the test, restored after."""
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = previous
+
+
+def geometry(batch, channels, filters, size, kernel, padding=((0, 0), (0, 0)), stride=(1, 1), dilation=(1, 1),
+             groups=1):
+    return ConvGeometry(batch, channels, filters, tuple(size), tuple(kernel), tuple(padding), tuple(stride),
+                        tuple(dilation), groups).validate()
+
+
+def rel_err(ours, ref):
+    ours, ref = ours.detach().double().cpu(), ref.detach().double().cpu()
+    assert not torch.isnan(ours).any(), "NaN in the result: an element was never written"
+    return ((ours - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+
+
+def operands(g, dtype, key):
+    gen = seeded_generator("implicit", key, dtype)
+    draw = lambda shape: torch.randn(shape, generator=gen, dtype=torch.float64).to(DEVICE, dtype)  # noqa: E731
+    return draw(g.input_shape), draw(g.weight_shape), draw(g.output_shape)
+
+
+def check_passes(g, dtype=torch.float32, key="", layout=lambda t: t, splits=None, flat=None, passes="fgw"):
+    """Each requested pass (f: forward, g: grad-input, w: grad-weight) against the float64 reference."""
+    x, w, dy = operands(g, dtype, key)
+    x, w, dy = layout(x), layout(w), layout(dy)
+    tol = TOLERANCE[dtype]
+    with config.poison_outputs():
+        if "f" in passes:
+            err = rel_err(kernels.implicit_forward(x, w, g, flat=flat), kernels.forward_reference(x.double(), w.double(), g))
+            assert err <= tol, f"forward: relative error {err:.2e} > {tol:.0e}"
+        if "g" in passes:
+            err = rel_err(kernels.implicit_grad_input(w, dy, g), kernels.grad_input_reference(w.double(), dy.double(), g))
+            assert err <= tol, f"grad_input: relative error {err:.2e} > {tol:.0e}"
+        if "w" in passes:
+            dw = kernels.implicit_grad_weight(x, dy, g, splits=splits, flat=flat)
+            err = rel_err(dw, kernels.grad_weight_reference(x.double(), dy.double(), g))
+            assert err <= tol, f"grad_weight: relative error {err:.2e} > {tol:.0e}"
+
+
+# ---- every geometry feature, float32 ------------------------------------------------------
+
+GEOMETRIES = {
+    "3x3_pad1": geometry(2, 4, 6, (7, 9), (3, 3), ((1, 1), (1, 1))),
+    "stride2x2_asym_pad_dil1x2": geometry(2, 5, 7, (9, 11), (3, 2), ((2, 0), (1, 3)), (2, 2), (1, 2)),
+    "stride2x4_dil2x1_groups2": geometry(1, 6, 4, (11, 13), (2, 3), ((1, 0), (0, 2)), (2, 4), (2, 1), groups=2),
+    "stride3x2_kernel_wider_than_stride": geometry(2, 3, 5, (13, 8), (5, 4), ((0, 1), (2, 2)), (3, 2)),
+    "stride2_dil2_taps_skip_phases": geometry(2, 4, 3, (9, 10), (3, 3), ((1, 1), (2, 0)), (2, 2), (2, 2)),
+    "1x1_strided_phases_without_taps": geometry(3, 17, 9, (7, 6), (1, 1), stride=(2, 3)),
+    "full_kernel_larger_than_image": geometry(2, 3, 4, (3, 4), (5, 5), ((4, 4), (4, 4))),
+    "1x1_image": geometry(3, 5, 4, (1, 1), (1, 1)),
+    "groups3_depthwise_like": geometry(2, 3, 6, (8, 7), (3, 3), ((1, 1), (1, 1)), groups=3),
+    "many_channels_nonflat": geometry(1, 40, 33, (5, 6), (2, 3), ((1, 0), (1, 1))),
+}
+
+
+@pytest.mark.parametrize("name", list(GEOMETRIES))
+def test_all_passes_float32(name):
+    check_passes(GEOMETRIES[name], key=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16], ids=str)
+def test_dtypes(dtype):
+    check_passes(GEOMETRIES["stride2x4_dil2x1_groups2"], dtype, key="dtypes")
+
+
+def test_channels_last_and_non_contiguous_operands():
+    g = GEOMETRIES["stride2x2_asym_pad_dil1x2"]
+    check_passes(g, key="cl", layout=lambda t: t.contiguous(memory_format=torch.channels_last))
+    # every other element of a wider tensor, with H and W swapped in memory: no dense stride anywhere
+    strided = lambda t: torch.empty_like(t.transpose(2, 3).repeat(1, 2, 1, 1)).transpose(2, 3)[:, ::2].copy_(t)  # noqa
+    check_passes(g, key="strided", layout=strided)
+
+
+@pytest.mark.parametrize("flat", [True, False])
+def test_flat_and_channel_block_reductions(flat):
+    """Both reductions over (r, s, c) whatever the channel count: 20 channels leave a ragged channel block."""
+    g = geometry(2, 20, 6, (6, 7), (2, 3), ((1, 0), (0, 1)), (1, 2))
+    check_passes(g, key="flat", flat=flat, passes="fw", splits=1)
+
+
+def test_split_k_is_deterministic_and_exact():
+    g = geometry(3, 4, 5, (9, 8), (3, 3), ((1, 1), (1, 1)), (1, 1), (2, 1))
+    x, _, dy = operands(g, torch.float32, "split")
+    ref = kernels.grad_weight_reference(x.double(), dy.double(), g)
+    # 3·9·8 = 216 reduction steps in splits of 256 would be one split: ask for more, forcing a ragged last one
+    first = kernels.implicit_grad_weight(x, dy, g, splits=3)
+    for splits in (1, 2, 3):
+        assert rel_err(kernels.implicit_grad_weight(x, dy, g, splits=splits), ref) <= 1e-5
+    big = geometry(9, 4, 5, (10, 9), (3, 3), ((1, 1), (1, 1)))  # 810 steps: 4 splits of 256, the last 42
+    xb, _, dyb = operands(big, torch.float32, "split-big")
+    once = kernels.implicit_grad_weight(xb, dyb, big, splits=4)
+    again = kernels.implicit_grad_weight(xb, dyb, big, splits=4)
+    assert torch.equal(once, again), "split-K must be bit-for-bit reproducible"
+    assert rel_err(once, kernels.grad_weight_reference(xb.double(), dyb.double(), big)) <= 1e-5
+    assert torch.equal(first, kernels.implicit_grad_weight(x, dy, g, splits=3))
+
+
+def test_split_policy():
+    choose = choose_splits
+    sms = common.sm_count(DEVICE)
+    assert choose(tiles=10 * sms, reduction=10**6, out_elements=10**6, out_element_size=2, device=DEVICE) == 1
+    few_tiles = choose(tiles=1, reduction=10**6, out_elements=128 * 128, out_element_size=2, device=DEVICE)
+    assert 1 < few_tiles <= MAX_SPLITS
+    # never below the minimum chunk of the reduction
+    assert choose(tiles=1, reduction=300, out_elements=16, out_element_size=2, device=DEVICE) == 1
+
+
+def test_wide_index_path(monkeypatch):
+    """The int64 offset path (taken for tensors spanning 2**31 elements) computes the same thing."""
+    monkeypatch.setattr(common, "needs_wide_index", lambda *extents: True)
+    check_passes(GEOMETRIES["stride2x4_dil2x1_groups2"], key="wide", splits=2)
+
+
+# ---- through corrmm's public functions (algorithm object, 1-D lifting, memory format) -----------
+
+def test_public_functions_1d_and_2d():
+    gen = seeded_generator("implicit-public")
+    x = torch.randn(2, 6, 19, generator=gen, dtype=torch.float64).to(DEVICE)
+    w = torch.randn(4, 3, 4, generator=gen, dtype=torch.float64).to(DEVICE)
+    kw = dict(border_mode=((2, 1),), subsample=3, filter_dilation=2, num_groups=2)
+    y = corrmm.corr1d(x, w, algo="implicit", **kw)
+    y_ref = corrmm.corr1d(x, w, algo="im2col", **kw)
+    assert rel_err(y, y_ref) <= 1e-12
+    dy = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(DEVICE)
+    assert rel_err(corrmm.corr1d_grad_input(w, dy, (19,), algo="implicit", **kw),
+                   corrmm.corr1d_grad_input(w, dy, (19,), algo="im2col", **kw)) <= 1e-12
+    assert rel_err(corrmm.corr1d_grad_weight(x, dy, (4,), algo="implicit", **kw),
+                   corrmm.corr1d_grad_weight(x, dy, (4,), algo="im2col", **kw)) <= 1e-12
+
+    x2 = torch.randn(2, 4, 9, 8, generator=gen).to(DEVICE).contiguous(memory_format=torch.channels_last)
+    w2 = torch.randn(6, 4, 3, 3, generator=gen).to(DEVICE)
+    y2 = corrmm.corr2d(x2, w2, border_mode="half", subsample=2, algo="implicit")
+    assert y2.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(y2, corrmm.corr2d(x2, w2, border_mode="half", subsample=2, algo="im2col")) <= 1e-5
+
+
+def test_not_supported_reasons(monkeypatch):
+    algo = implicit.ALGORITHM
+    g2 = GEOMETRIES["3x3_pad1"]
+    assert algo.not_supported_reasons(g2, "forward", DEVICE, torch.float32) == []
+    g3 = ConvGeometry(1, 2, 2, (4, 4, 4), (3, 3, 3), ((0, 0),) * 3, (1, 1, 1), (1, 1, 1)).validate()
+    assert any("3-D" in r for r in algo.not_supported_reasons(g3, "forward", DEVICE, torch.float32))
+    monkeypatch.setattr(implicit, "_interpreting", lambda: False)
+    cpu_reasons = algo.not_supported_reasons(g2, "grad_input", torch.device("cpu"), torch.float32)
+    assert any("TRITON_INTERPRET" in r for r in cpu_reasons)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+        corrmm.corr2d(torch.randn(1, 4, 7, 9), torch.randn(6, 4, 3, 3), algo="implicit")
+
+
+def test_corrmm_works_without_triton():
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import torch, corrmm\n"
+        "assert 'implicit' in corrmm.algorithms()\n"
+        "y = corrmm.corr2d(torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3))\n"
+        "try:\n"
+        "    corrmm.corr2d(torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3), algo='implicit')\n"
+        "except ValueError as err:\n"
+        "    assert 'Triton' in str(err), err\n"
+        "else:\n"
+        "    raise AssertionError('implicit ran without Triton')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
