@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import check
+from . import bench, check
 
 COMMANDS = {
     "check": check,
+    "bench": bench,
 }
 
 

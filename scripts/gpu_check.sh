@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The GPU run, in one call: the test suite on CUDA, then `corrmm bench`.
+#
+# Runs from a plain checkout on the GPU machine: no install, no network.
+# python3 must be the interpreter that has torch (CUDA build) and triton.
+#
+#   scripts/gpu_check.sh                      # tests, then the full benchmark (bf16 + tf32)
+#   scripts/gpu_check.sh --tests-only
+#   scripts/gpu_check.sh --bench-only --quick --layers L1,S2,R1
+#   scripts/gpu_check.sh -- --dtype bf16      # everything after -- goes to bench
+#
+# Unrecognised arguments are passed to `corrmm bench` too. PYTEST_ARGS adds
+# pytest options (default: -q -x). Logs and results land in $OUT (default ./out):
+# env.log, tests.log, bench.log, bench.json, bench.png.
+# Exit status: non-zero if the tests or the benchmark failed; both run either way.
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # the package, uninstalled
+export PYTHONUNBUFFERED=1                                # logs as they happen, through tee
+export CORRMM_TEST_DEVICE=cuda                           # the tests run on the GPU
+OUT="${OUT:-$PWD/out}"
+mkdir -p "$OUT"
+
+run_tests=1
+run_bench=1
+bench_args=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --tests-only) run_bench=0 ;;
+        --bench-only) run_tests=0 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        --) shift; bench_args+=("$@"); break ;;
+        *) bench_args+=("$1") ;;
+    esac
+    shift
+done
+
+{
+    echo "== $(date -u +%Y-%m-%dT%H:%M:%SZ) $(hostname)"
+    nvidia-smi -L || echo "nvidia-smi failed"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || true
+    git rev-parse --short HEAD 2>/dev/null && git status --short 2>/dev/null | head -20
+    python3 - <<'EOF'
+import sys, torch
+print("python", sys.version.split()[0])
+print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version(),
+      "gpu", torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+try:
+    import triton
+    print("triton", triton.__version__)
+except Exception as err:
+    print("triton: not importable:", err)
+import corrmm
+print("corrmm", corrmm.__version__, "from", corrmm.__file__, "algorithms", corrmm.algorithms())
+EOF
+} 2>&1 | tee "$OUT/env.log"
+env_status=$?
+
+tests_status=0
+if [[ $run_tests == 1 ]]; then
+    echo "== tests on CUDA" | tee "$OUT/tests.log"
+    # shellcheck disable=SC2086  # PYTEST_ARGS is a list of options
+    python3 -m pytest ${PYTEST_ARGS:--q -x} tests 2>&1 | tee -a "$OUT/tests.log"
+    tests_status=$?
+    echo "== tests exit status $tests_status" | tee -a "$OUT/tests.log"
+fi
+
+bench_status=0
+if [[ $run_bench == 1 ]]; then
+    # defaults first: a --dtype among the extra arguments overrides ours (argparse keeps the last)
+    python3 -m corrmm bench --dtype bf16 tf32 --json "$OUT/bench.json" --plot "$OUT/bench.png" \
+        ${bench_args[@]+"${bench_args[@]}"} 2>&1 | tee "$OUT/bench.log"
+    bench_status=$?
+    echo "== bench exit status $bench_status" | tee -a "$OUT/bench.log"
+fi
+
+echo "== done: env $env_status, tests $tests_status, bench $bench_status; results in $OUT"
+[[ $env_status == 0 && $tests_status == 0 && $bench_status == 0 ]]

@@ -1,0 +1,13 @@
+"""The benchmark behind ``corrmm bench``: suites of layers, timing, reports.
+
+    suite.py    layers read from CSV files (shipped: ``suites/convnet.csv``, ``suites/cpu_small.csv``)
+    timing.py   the median time of a callable (CUDA events on a GPU, perf_counter on the CPU)
+    runner.py   every candidate (algorithms, auto, tune, torch) on every layer, pass and dtype
+    report.py   the table, the suite summary, the JSON document and the plot
+"""
+from .runner import DTYPES, PASSES, BenchPlan, Measurement, run
+from .suite import Layer, load_suite, select_layers
+from .timing import TimingConfig, measure
+
+__all__ = ["DTYPES", "PASSES", "BenchPlan", "Measurement", "run", "Layer", "load_suite", "select_layers",
+           "TimingConfig", "measure"]
