@@ -44,9 +44,13 @@ def auto_choice(pass_name: str, geometry: ConvGeometry, device: torch.device, dt
 
 def resolve(algo: str, pass_name: str, geometry: ConvGeometry, device: torch.device,
             dtype: torch.dtype) -> algorithms.Algorithm:
-    """The algorithm object that runs ``pass_name`` for ``algo`` (a name or ``auto``)."""
+    """The algorithm object that runs ``pass_name`` for ``algo`` (a name, ``auto`` or ``tune``)."""
     if algo == "auto":
         algo = auto_choice(pass_name, geometry, device, dtype)
+    elif algo == "tune":
+        from . import tuning  # imported on first use: it times algorithms, which the auto path never needs
+
+        algo = tuning.choose(pass_name, geometry, device, dtype)
     algorithm = algorithms.get(algo)
     reasons = algorithm.not_supported_reasons(geometry, pass_name, device, dtype)
     if reasons:

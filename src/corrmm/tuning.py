@@ -1,0 +1,331 @@
+"""The ``tune`` chooser: time the candidates once, remember the winner (cuDNN's benchmark mode).
+
+For a pass of a problem it has not seen, :func:`choose` runs every registered
+algorithm that supports the case on fresh random operands of the problem's
+shapes, once to warm up and then a few timed times (CUDA events on a GPU,
+``time.perf_counter`` elsewhere), and keeps the fastest. The key is
+
+    device name | dtype | TF32 flag | pass | geometry
+
+(the CPU's "device name" includes torch's thread count, which changes the
+timings). Winners live in memory and in a JSON file, :func:`cache_path`:
+``$CORRMM_CACHE_DIR/tune.json``, else ``$XDG_CACHE_HOME/corrmm/tune.json``,
+else ``~/.cache/corrmm/tune.json``. The file is read on a miss (another process
+may have tuned the key) and rewritten atomically (a temporary file in the same
+folder, then ``os.replace``), merged with what is already there. A file that
+cannot be read or parsed, or that a different corrmm version or cache format
+wrote, is ignored: never an exception, at worst a re-tune. An entry naming an
+algorithm that no longer exists or no longer supports the case is ignored too.
+
+Guarantees:
+* the user's tensors are never touched: timing runs on tensors drawn from a
+  private generator, so the global random stream is not advanced either;
+* a candidate that raises (out of memory, a kernel that fails to compile) is
+  skipped; when every candidate fails, the ``auto`` rule decides and nothing is
+  remembered;
+* the tuner is never entered recursively (a candidate that itself calls a corrmm
+  op with ``algo="tune"`` gets the cached or the ``auto`` choice), and it does not
+  time while a CUDA graph is being captured.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+
+from .algorithms import REGISTRY
+from .geometry import ConvGeometry
+
+#: bumped whenever the meaning of a key or an entry changes; other values are stale
+CACHE_FORMAT = 1
+CACHE_FILE = "tune.json"
+
+#: timed runs per candidate after the warm-up, and the wall time after which a
+#: candidate stops being repeated (the first timed run always happens)
+REPEATS = 3
+REPEAT_BUDGET_S = 0.25
+#: a candidate whose warm-up is this many times slower than the best timed so far
+#: is not timed again: it cannot win, and slow candidates are where tuning time goes
+HOPELESS_FACTOR = 20.0
+
+#: algorithms whose CPU path is Triton's interpreter, an emulator for tests: never a contender
+#: there, and timing one costs seconds, so the CPU tuner leaves them out
+CPU_EMULATED = frozenset({"implicit"})
+
+_lock = threading.Lock()
+_memory: Dict[str, str] = {}
+_memory_path: Optional[Path] = None
+_local = threading.local()
+
+
+# ---- where and under which key ---------------------------------------------------
+
+def cache_path() -> Path:
+    """The on-disk cache file (it need not exist yet)."""
+    explicit = os.environ.get("CORRMM_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser() / CACHE_FILE
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"  # XDG: relative paths are invalid
+    return base / "corrmm" / CACHE_FILE
+
+
+def _corrmm_version() -> str:
+    return str(getattr(sys.modules.get(__package__), "__version__", "unknown"))
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_name(index: int) -> str:
+    return torch.cuda.get_device_name(index)
+
+
+def device_name(device: torch.device) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return _cuda_name(device.index if device.index is not None else torch.cuda.current_device())
+    if device.type == "cpu":
+        return f"cpu {platform.machine() or 'unknown'} {torch.get_num_threads()} threads"
+    return device.type
+
+
+def _tf32(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether float32 GEMMs run on TF32 units (the ops follow cuDNN's switch)."""
+    return torch.device(device).type == "cuda" and dtype == torch.float32 and bool(torch.backends.cudnn.allow_tf32)
+
+
+def geometry_key(g: ConvGeometry) -> str:
+    def dims(values):
+        return "x".join(str(v) for v in values)
+
+    pads = ",".join(f"{low}:{high}" for low, high in g.padding)
+    return (f"N{g.batch} C{g.in_channels} K{g.out_channels} in{dims(g.in_size)} k{dims(g.kernel)} "
+            f"pad{pads} s{dims(g.stride)} d{dims(g.dilation)} g{g.groups}")
+
+
+def cache_key(pass_name: str, geometry: ConvGeometry, device: torch.device, dtype: torch.dtype) -> str:
+    return " | ".join([device_name(device), str(dtype).replace("torch.", ""),
+                       "tf32" if _tf32(device, dtype) else "ieee", pass_name, geometry_key(geometry)])
+
+
+# ---- the on-disk file --------------------------------------------------------------
+
+def _read_entries(path: Path) -> Dict[str, dict]:
+    """The entries of a valid cache file; {} for a missing, unreadable, corrupt or stale one."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except Exception:  # missing, unreadable, not UTF-8, not JSON: all mean "no cache"
+        return {}
+    if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT \
+            or data.get("corrmm_version") != _corrmm_version():
+        return {}
+    entries = data.get("entries")
+    if not isinstance(entries, dict):
+        return {}
+    return {k: v for k, v in entries.items() if isinstance(v, dict) and isinstance(v.get("algo"), str)}
+
+
+def _write_entry(path: Path, key: str, entry: dict) -> None:
+    """Merge one entry into the file: write a temporary file beside it, then rename over it,
+    so a reader sees the old file or the new one, never half of one."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        entries = _read_entries(path)  # keep what other processes tuned meanwhile
+        entries[key] = entry
+        payload = {"format": CACHE_FORMAT, "corrmm_version": _corrmm_version(), "entries": entries}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tune-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(payload, f, indent=1, sort_keys=True)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError as exc:  # a read-only or full disk costs the cache, not the convolution
+        warnings.warn(f"corrmm: could not write the tuning cache {path}: {exc}", RuntimeWarning, stacklevel=2)
+
+
+def clear_cache(disk: bool = False) -> None:
+    """Forget every tuned choice in memory; with ``disk=True`` delete the cache file too."""
+    global _memory_path
+    with _lock:
+        _memory.clear()
+        _memory_path = None
+        if disk:
+            with contextlib.suppress(OSError):
+                cache_path().unlink()
+
+
+# ---- timing -----------------------------------------------------------------------
+
+def candidates(pass_name: str, geometry: ConvGeometry, device: torch.device, dtype: torch.dtype) -> List[str]:
+    """Registered algorithms that say they can run this pass (natively: see :data:`CPU_EMULATED`)."""
+    names = []
+    for name, algorithm in REGISTRY.items():
+        if torch.device(device).type == "cpu" and name in CPU_EMULATED:
+            continue
+        try:
+            if not algorithm.not_supported_reasons(geometry, pass_name, device, dtype):
+                names.append(name)
+        except Exception:
+            continue
+    return names
+
+
+def random_operands(pass_name: str, geometry: ConvGeometry, device: torch.device, dtype: torch.dtype):
+    """Fresh operands of the pass's shapes, from a private generator (the global stream is untouched)."""
+    g = geometry
+    shapes = {
+        "forward": (g.input_shape, g.weight_shape),
+        "grad_input": (g.weight_shape, g.output_shape),
+        "grad_weight": (g.input_shape, g.output_shape),
+    }[pass_name]
+    generator = torch.Generator(device=device)
+    generator.manual_seed(0)
+    return [torch.randn(shape, generator=generator, device=device, dtype=dtype) for shape in shapes]
+
+
+class _Timer:
+    """Seconds taken by a callable: CUDA events on a GPU (device time), perf_counter elsewhere."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def __call__(self, fn) -> float:
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1000.0
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+
+
+def time_candidate(name: str, pass_name: str, a: torch.Tensor, b: torch.Tensor, geometry: ConvGeometry,
+                   best_so_far: float = math.inf) -> float:
+    """Best time in seconds of one algorithm on operands ``a``, ``b`` after a warm-up run."""
+    from .ops import matmul_precision_like_convolution  # the op layer's TF32 rule, so timings match real runs
+
+    algorithm = REGISTRY[name]
+    timer = _Timer(a.device)
+
+    def run():
+        algorithm.run(pass_name, a, b, geometry)
+
+    with matmul_precision_like_convolution(a):
+        timer.sync()
+        wall = time.perf_counter()
+        run()  # warm-up: allocator growth, library handles, kernel compilation
+        timer.sync()
+        wall = time.perf_counter() - wall
+        if wall > HOPELESS_FACTOR * best_so_far:
+            return wall
+        times: List[float] = []
+        while len(times) < REPEATS and (not times or sum(times) < REPEAT_BUDGET_S):
+            times.append(timer(run))
+    return min(times)
+
+
+def benchmark(pass_name: str, geometry: ConvGeometry, device: torch.device, dtype: torch.dtype,
+              names: Optional[List[str]] = None) -> Dict[str, float]:
+    """Seconds per candidate on fresh random operands; candidates that raise are left out."""
+    device = torch.device(device)
+    if names is None:
+        names = candidates(pass_name, geometry, device, dtype)
+    try:
+        a, b = random_operands(pass_name, geometry, device, dtype)
+    except Exception:  # e.g. out of memory for the operands themselves
+        return {}
+    timings: Dict[str, float] = {}
+    for name in names:
+        try:
+            timings[name] = time_candidate(name, pass_name, a, b, geometry, min(timings.values(), default=math.inf))
+        except Exception:
+            continue
+    return timings
+
+
+# ---- the chooser ---------------------------------------------------------------------
+
+def _usable(name: Optional[str], pass_name, geometry, device, dtype) -> bool:
+    """A name read from the file still names a registered algorithm that serves the case."""
+    if name not in REGISTRY or (torch.device(device).type == "cpu" and name in CPU_EMULATED):
+        return False
+    try:
+        return not REGISTRY[name].not_supported_reasons(geometry, pass_name, device, dtype)
+    except Exception:
+        return False
+
+
+def lookup(pass_name: str, geometry: ConvGeometry, device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    """The remembered choice (memory, then the file), or None."""
+    global _memory_path
+    key = cache_key(pass_name, geometry, device, dtype)
+    path = cache_path()
+    with _lock:
+        if _memory_path != path:  # the cache folder changed (e.g. the environment): start over
+            _memory.clear()
+            _memory_path = path
+        name = _memory.get(key)
+    if name is not None:  # checked when it was stored: the hot path of every tuned call stays cheap
+        return name
+    name = _read_entries(path).get(key, {}).get("algo")
+    if _usable(name, pass_name, geometry, device, dtype):
+        with _lock:
+            _memory[key] = name
+        return name
+    return None
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def choose(pass_name: str, geometry: ConvGeometry, device: torch.device, dtype: torch.dtype) -> str:
+    """The fastest supported algorithm for this pass: remembered, or timed now and remembered."""
+    from .selection import auto_choice
+
+    device = torch.device(device)
+    cached = lookup(pass_name, geometry, device, dtype)
+    if cached is not None:
+        return cached
+    if getattr(_local, "active", False) or _capturing(device):
+        return auto_choice(pass_name, geometry, device, dtype)
+    _local.active = True
+    try:
+        timings = benchmark(pass_name, geometry, device, dtype)
+    finally:
+        _local.active = False
+    if not timings:
+        return auto_choice(pass_name, geometry, device, dtype)
+    best = min(timings, key=timings.get)
+    key = cache_key(pass_name, geometry, device, dtype)
+    path = cache_path()
+    with _lock:
+        _memory[key] = best
+    _write_entry(path, key, {"algo": best, "ms": {name: round(t * 1e3, 6) for name, t in timings.items()}})
+    return best
+
+
+__all__ = ["cache_path", "clear_cache", "choose", "lookup", "benchmark", "candidates", "cache_key",
+           "CACHE_FORMAT"]
