@@ -40,7 +40,7 @@ def test_resnet18_outputs_and_gradients_match(training):
     assert model.state_dict().keys() == reference.state_dict().keys()
     assert model.training == training and all(m.training == training for m in model.modules())
 
-    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    x = torch.randn(2, 3, 48, 48, dtype=torch.float64)
     target = torch.tensor([1, 7])
     y_ref, g_ref = _run(reference, x, target)
     y, g = _run(model, x, target)

@@ -21,3 +21,9 @@ __version__ = "0.1.0"
 
 __all__ = [*_functional_all, "algorithms", "ConvGeometry", "set_workspace_limit", "workspace_limit",
            "poison_outputs"]
+
+# integrations: drop-in layers, model conversion, the torch.compile backends (registered on import)
+from . import compile, nn  # noqa: E402,F401
+from .convert import convert  # noqa: E402
+
+__all__ += ["nn", "convert", "compile"]

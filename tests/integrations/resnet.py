@@ -7,7 +7,7 @@ a 7x7 stride-2 stem, 3x3 convolutions with and without stride, 1x1 stride-2
 shortcuts, batch norm and residual adds. ``width`` scales the channel counts
 (64 gives the real network) so CPU tests can stay small.
 
-Used by tests/test_convert.py, tests/test_compile.py and scripts/train_ddp.py.
+Used by tests/test_convert.py, tests/test_compile.py and scripts/train_ddp.py (by path there).
 """
 from __future__ import annotations
 

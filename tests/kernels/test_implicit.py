@@ -28,10 +28,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 if importlib.util.find_spec("triton") is not None:
-    from corrmm import kernels
     from corrmm.algorithms import implicit
     from corrmm.kernels import common
-    from corrmm.kernels.implicit_grad_weight import MAX_SPLITS, choose_splits
+    from corrmm.kernels import implicit_forward as kf, implicit_grad_input as kgi, implicit_grad_weight as kgw
 
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 
@@ -70,14 +69,14 @@ def check_passes(g, dtype=torch.float32, key="", layout=lambda t: t, splits=None
     tol = TOLERANCE[dtype]
     with config.poison_outputs():
         if "f" in passes:
-            err = rel_err(kernels.implicit_forward(x, w, g, flat=flat), kernels.forward_reference(x.double(), w.double(), g))
+            err = rel_err(kf.forward(x, w, g, flat=flat), kf.forward_reference(x.double(), w.double(), g))
             assert err <= tol, f"forward: relative error {err:.2e} > {tol:.0e}"
         if "g" in passes:
-            err = rel_err(kernels.implicit_grad_input(w, dy, g), kernels.grad_input_reference(w.double(), dy.double(), g))
+            err = rel_err(kgi.grad_input(w, dy, g), kgi.grad_input_reference(w.double(), dy.double(), g))
             assert err <= tol, f"grad_input: relative error {err:.2e} > {tol:.0e}"
         if "w" in passes:
-            dw = kernels.implicit_grad_weight(x, dy, g, splits=splits, flat=flat)
-            err = rel_err(dw, kernels.grad_weight_reference(x.double(), dy.double(), g))
+            dw = kgw.grad_weight(x, dy, g, splits=splits, flat=flat)
+            err = rel_err(dw, kgw.grad_weight_reference(x.double(), dy.double(), g))
             assert err <= tol, f"grad_weight: relative error {err:.2e} > {tol:.0e}"
 
 
@@ -125,26 +124,26 @@ def test_flat_and_channel_block_reductions(flat):
 def test_split_k_is_deterministic_and_exact():
     g = geometry(3, 4, 5, (9, 8), (3, 3), ((1, 1), (1, 1)), (1, 1), (2, 1))
     x, _, dy = operands(g, torch.float32, "split")
-    ref = kernels.grad_weight_reference(x.double(), dy.double(), g)
+    ref = kgw.grad_weight_reference(x.double(), dy.double(), g)
     # 3·9·8 = 216 reduction steps in splits of 256 would be one split: ask for more, forcing a ragged last one
-    first = kernels.implicit_grad_weight(x, dy, g, splits=3)
+    first = kgw.grad_weight(x, dy, g, splits=3)
     for splits in (1, 2, 3):
-        assert rel_err(kernels.implicit_grad_weight(x, dy, g, splits=splits), ref) <= 1e-5
+        assert rel_err(kgw.grad_weight(x, dy, g, splits=splits), ref) <= 1e-5
     big = geometry(9, 4, 5, (10, 9), (3, 3), ((1, 1), (1, 1)))  # 810 steps: 4 splits of 256, the last 42
     xb, _, dyb = operands(big, torch.float32, "split-big")
-    once = kernels.implicit_grad_weight(xb, dyb, big, splits=4)
-    again = kernels.implicit_grad_weight(xb, dyb, big, splits=4)
+    once = kgw.grad_weight(xb, dyb, big, splits=4)
+    again = kgw.grad_weight(xb, dyb, big, splits=4)
     assert torch.equal(once, again), "split-K must be bit-for-bit reproducible"
-    assert rel_err(once, kernels.grad_weight_reference(xb.double(), dyb.double(), big)) <= 1e-5
-    assert torch.equal(first, kernels.implicit_grad_weight(x, dy, g, splits=3))
+    assert rel_err(once, kgw.grad_weight_reference(xb.double(), dyb.double(), big)) <= 1e-5
+    assert torch.equal(first, kgw.grad_weight(x, dy, g, splits=3))
 
 
 def test_split_policy():
-    choose = choose_splits
+    choose = kgw.choose_splits
     sms = common.sm_count(DEVICE)
     assert choose(tiles=10 * sms, reduction=10**6, out_elements=10**6, out_element_size=2, device=DEVICE) == 1
     few_tiles = choose(tiles=1, reduction=10**6, out_elements=128 * 128, out_element_size=2, device=DEVICE)
-    assert 1 < few_tiles <= MAX_SPLITS
+    assert 1 < few_tiles <= kgw.MAX_SPLITS
     # never below the minimum chunk of the reduction
     assert choose(tiles=1, reduction=300, out_elements=16, out_element_size=2, device=DEVICE) == 1
 

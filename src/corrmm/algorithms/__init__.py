@@ -12,6 +12,9 @@ from .base import PASSES, Algorithm
 MODULES = [
     "im2col",
     "swapped",
+    "gemm1x1",
+    "fft",
+    "implicit",
 ]
 
 REGISTRY: Dict[str, Algorithm] = {}
@@ -20,7 +23,7 @@ for _module in MODULES:
     REGISTRY[_algorithm.name] = _algorithm
 
 #: names accepted by ``algo=`` besides the registered algorithms
-CHOOSERS = ("auto",)
+CHOOSERS = ("auto", "tune")
 
 
 def algorithms() -> list:

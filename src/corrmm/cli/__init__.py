@@ -4,11 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, check
+from . import bench, check, demo
 
 COMMANDS = {
     "check": check,
     "bench": bench,
+    "demo": demo,
 }
 
 

@@ -1,0 +1,188 @@
+"""Host-side helpers shared by the implicit-GEMM kernels: launch policy, not arithmetic.
+
+* interpreter mode: Triton reads ``TRITON_INTERPRET`` when a kernel is decorated,
+  so the mode is fixed when this package is first imported; ``INTERPRET``
+  records it for the wrappers (tile sizes, dot precision, device checks).
+* autotuning: one small documented config list per kernel, keyed on
+  power-of-two buckets of the GEMM sizes so a new batch size or image size does
+  not re-tune, and pruned by element size so no config asks for more shared
+  memory than a Hopper SM has. Under the interpreter a single small config runs
+  (benchmarking configs there would take minutes and prove nothing);
+  ``CORRMM_AUTOTUNE=0`` likewise runs one config on a GPU.
+* layout: on a GPU every operand is read as NHWC (channels_last), see
+  :func:`as_nhwc`; under the interpreter operands keep their strides, which is
+  how the tests exercise arbitrary layouts.
+* index width: 32-bit offsets unless a tensor (padding included) spans 2**31
+  elements, see :func:`needs_wide_index`.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import config
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+#: above this many elements an offset no longer fits a signed 32-bit int (with room for tile overhang)
+_INT32_SAFE = 2**31 - 1 - 2**16
+
+#: bytes of shared memory one Hopper SM gives a program (227 KiB), less a margin for Triton's own use
+_SHARED_MEMORY_BUDGET = 220 * 1024
+
+
+def cdiv(a: int, b: int) -> int:
+    """Ceiling division on the host (plain Python: ``triton.cdiv`` costs microseconds per call in Triton 3.9)."""
+    return -(-a // b)
+
+
+def bucket(n: int) -> int:
+    """The autotuning key of a size: its next power of two (so 97 and 128 share a tuned config)."""
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def accumulator_dtype(dtype: torch.dtype):
+    """fp32 accumulation for every float type but float64, which accumulates in float64."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """``tl.dot``'s input precision: TF32 for float32 exactly when torch's cuDNN convolutions use it.
+
+    The interpreter multiplies in numpy, so it always computes "ieee"; 16-bit and
+    64-bit operands ignore the setting (they multiply exactly into the accumulator).
+    """
+    if dtype == torch.float32 and not INTERPRET and torch.backends.cudnn.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+def upcast_operands(dtype: torch.dtype) -> bool:
+    """Under the interpreter, widen 16-bit operands to fp32 before ``tl.dot``.
+
+    Triton 3.9's interpreter multiplies bfloat16 blocks as raw 16-bit integers
+    (numpy has no bfloat16), which gives garbage. Products of 16-bit floats are
+    exact in fp32, so widening first computes exactly what the tensor cores do
+    (16-bit products, fp32 accumulation). On a GPU operands stay 16-bit.
+    """
+    return INTERPRET and dtype in (torch.float16, torch.bfloat16)
+
+
+def as_nhwc(t: torch.Tensor) -> torch.Tensor:
+    """The operand as the kernels like it best: channels innermost.
+
+    Every kernel reduces over channels for a fixed kernel tap (forward and
+    grad-input) or gathers channels as GEMM columns (grad-weight), so channels
+    are the contiguous direction of every tile; NHWC makes those loads 16-byte
+    vectors, and NCHW would make them strided scalars read once per kernel tap
+    (R·S times). One copy up front costs a single pass over the tensor. Under the
+    interpreter the operand keeps its own strides (the kernels accept any).
+    """
+    if INTERPRET or t.dim() != 4:
+        return t
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def new_nhwc(like: torch.Tensor, shape: Sequence[int], dtype: torch.dtype = None) -> torch.Tensor:
+    """A 4-D output allocated channels-last (NaN-filled when corrmm poisons outputs)."""
+    out = torch.empty(tuple(shape), dtype=dtype or like.dtype, device=like.device, memory_format=torch.channels_last)
+    if config.poisoning():
+        out.fill_(float("nan"))
+    return out
+
+
+def span(t: torch.Tensor, padding: Sequence[int] = (0, 0, 0, 0)) -> int:
+    """The largest |offset| in elements that indexing ``t`` can form, padded extents included.
+
+    ``padding`` gives the extra positions (low + high) that the kernels may
+    compute per dimension before masking them.
+    """
+    return sum((size + pad) * abs(stride) for size, pad, stride in zip(t.shape, padding, t.stride()))
+
+
+def needs_wide_index(*extents: int) -> bool:
+    """True when some offset might not fit in int32: the kernels then compute offsets in int64."""
+    return max(extents) > _INT32_SAFE
+
+
+_SM_COUNT: Dict[int, int] = {}
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of the device (4 under the interpreter: enough to exercise split-K)."""
+    if device.type != "cuda":
+        return 4
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SM_COUNT:
+        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SM_COUNT[index]
+
+
+#: ``CORRMM_AUTOTUNE=0`` runs one modest config instead of tuning (quick GPU checks: no
+#: benchmarking of every config for every new shape bucket)
+AUTOTUNE = os.environ.get("CORRMM_AUTOTUNE", "1") != "0"
+
+
+def make_configs(shapes: Sequence[tuple]) -> List[triton.Config]:
+    """``(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)`` tuples -> Triton configs.
+
+    Under the interpreter, one 32x32x16 config: tiles small enough that the tests'
+    odd shapes span several programs and several K steps. With autotuning off, one
+    64x64x32 config that fits shared memory in every dtype.
+    """
+    if INTERPRET:
+        shapes = [(32, 32, 16, 4, 1)]
+    elif not AUTOTUNE:
+        shapes = [(64, 64, 32, 4, 2)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
+            for m, n, k, w, s in shapes]
+
+
+def prune_configs(operand_arg: str):
+    """An ``early_config_prune``: drop configs that cannot fit or would mostly compute padding.
+
+    * shared memory: a config holds ``num_stages`` copies of an A tile
+      (BLOCK_M x BLOCK_K) and a B tile (BLOCK_K x BLOCK_N) of the operand's element
+      size, so float32 and float64 keep only the smaller configs of the list;
+    * waste: a tile more than twice the GEMM's extent (``BLOCK_N > bucket(N)``,
+      likewise M) multiplies mostly zeros; the narrow configs (BLOCK_N = 16, 32)
+      exist for the few-channel layers (an RGB input's gradient has N = 3) and are
+      the only ones kept there, and are dropped where N is large.
+    """
+    def prune(configs, named_args, **kwargs):
+        element_size = named_args[operand_arg].element_size()
+        m_bucket, n_bucket = named_args["M_BUCKET"], named_args["N_BUCKET"]
+        kept = []
+        for c in configs:
+            m, n, k = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
+            stages = max(c.num_stages, 1)
+            fits = stages * (m * k + k * n) * element_size <= _SHARED_MEMORY_BUDGET
+            narrow = n < 64
+            useful = n <= max(n_bucket, 16) and m <= max(m_bucket, 64) and (not narrow or n_bucket <= 32)
+            if fits and useful:
+                kept.append(c)
+        if element_size >= 8:  # fp64 has no tensor-core fast path worth the register pressure of big tiles
+            kept = [c for c in kept if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64] or kept
+        return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"])]
+    return prune
+
+
+@triton.jit
+def multiply_accumulate(acc, a, b, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """``acc += a @ b`` in the accumulator's precision (see :func:`upcast_operands`)."""
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=acc.dtype)
+
+
+@triton.jit
+def widen(x, WIDE_INDEX: tl.constexpr):
+    """Offsets in int64 when a tensor may span 2**31 elements (see :func:`needs_wide_index`)."""
+    if WIDE_INDEX:
+        return x.to(tl.int64)
+    return x
