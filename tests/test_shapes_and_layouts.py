@@ -159,3 +159,20 @@ def test_workspace_cap_chunks_without_changing_results(algo, dtype):
         assert_close_to_reference(ours, r64, rdt, dtype, f"chunked {name}")
     with pytest.raises(ValueError, match="positive"):
         corrmm.set_workspace_limit(0)
+
+
+def test_weight_gradient_takes_the_weights_strides():
+    # a 1x1 channels_last weight is also plain-contiguous; its gradient must still match its strides
+    x = torch.randn(2, 8, 5, 5, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(4, 8, 1, 1, device=DEVICE).contiguous(memory_format=torch.channels_last).requires_grad_()
+    corrmm.corr2d(x, w).sum().backward()
+    assert w.grad.stride() == w.stride()
+
+
+def test_public_functions_follow_autocast():
+    x, w = torch.randn(2, 3, 6, 6, device=DEVICE), torch.randn(4, 3, 3, 3, device=DEVICE)
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        y = corrmm.corr2d(x, w)
+        expected = torch.nn.functional.conv2d(x, w)
+    assert y.dtype == expected.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), torch.nn.functional.conv2d(x, w), rtol=3e-2, atol=3e-2)

@@ -34,6 +34,15 @@ def _op_args(g: ConvGeometry, algo: str):
     return list(g.pad_low), list(g.pad_high), list(g.stride), list(g.dilation), g.groups, algo
 
 
+def _autocast(*tensors):
+    """Under ``torch.autocast``, compute in the autocast dtype, as torch's convolutions do."""
+    first = tensors[0]
+    if not isinstance(first, torch.Tensor) or not torch.is_autocast_enabled(first.device.type):
+        return tensors
+    dtype = torch.get_autocast_dtype(first.device.type)
+    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors)
+
+
 def _check_rank(name: str, ndim: int, **tensors: torch.Tensor) -> None:
     for arg, t in tensors.items():
         if t.dim() != ndim + 2:
@@ -58,6 +67,7 @@ def _make_corr(ndim: int):
     name = f"corr{ndim}d"
 
     def corr(input, weight, border_mode="valid", subsample=1, filter_dilation=1, num_groups=1, algo="auto"):
+        input, weight = _autocast(input, weight)
         check_tensors(name, input=input, weight=weight)
         _check_rank(name, ndim, input=input, weight=weight)
         check_algo(algo)
@@ -101,6 +111,7 @@ def _make_grad_input(ndim: int):
 
     def grad_input(weight, grad_output, input_shape, border_mode="valid", subsample=1, filter_dilation=1,
                    num_groups=1, algo="auto"):
+        weight, grad_output = _autocast(weight, grad_output)
         check_tensors(name, weight=weight, grad_output=grad_output)
         _check_rank(name, ndim, weight=weight, grad_output=grad_output)
         check_algo(algo)
@@ -126,6 +137,7 @@ def _make_grad_weight(ndim: int):
 
     def grad_weight(input, grad_output, kernel_shape, border_mode="valid", subsample=1, filter_dilation=1,
                     num_groups=1, algo="auto"):
+        input, grad_output = _autocast(input, grad_output)
         check_tensors(name, input=input, grad_output=grad_output)
         _check_rank(name, ndim, input=input, grad_output=grad_output)
         check_algo(algo)

@@ -215,6 +215,13 @@ def _corr_setup(ctx, inputs, output):
     _save_geometry(ctx, *rest)
 
 
+def _like(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """The gradient laid out with its parameter's strides (what DDP's buckets and optimizers expect)."""
+    if grad.stride() == param.stride() or not param.is_non_overlapping_and_dense():
+        return grad
+    return torch.empty_like(param).copy_(grad)
+
+
 def _corr_backward(ctx, grad):
     input, weight = ctx.saved_tensors
     args = ctx.geometry_args
@@ -222,7 +229,7 @@ def _corr_backward(ctx, grad):
     if ctx.needs_input_grad[0]:
         grad_in = torch.ops.corrmm.corr_grad_input(weight, grad, list(input.shape[2:]), *args)
     if ctx.needs_input_grad[1]:
-        grad_w = torch.ops.corrmm.corr_grad_weight(input, grad, list(weight.shape[2:]), *args)
+        grad_w = _like(torch.ops.corrmm.corr_grad_weight(input, grad, list(weight.shape[2:]), *args), weight)
     return grad_in, grad_w, None, None, None, None, None, None
 
 
