@@ -217,9 +217,9 @@ def _corr_setup(ctx, inputs, output):
 
 def _like(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     """The gradient laid out with its parameter's strides (what DDP's buckets and optimizers expect)."""
-    if grad.stride() == param.stride() or not param.is_non_overlapping_and_dense():
+    if grad.stride() == param.stride():
         return grad
-    return torch.empty_like(param).copy_(grad)
+    return torch.empty_like(param).copy_(grad)  # empty_like keeps a dense parameter's strides
 
 
 def _corr_backward(ctx, grad):

@@ -148,6 +148,24 @@ def test_split_policy():
     assert choose(tiles=1, reduction=300, out_elements=16, out_element_size=2, device=DEVICE) == 1
 
 
+def test_config_pruning_and_buckets():
+    """Autotuning keys are powers of two; pruning keeps narrow tiles exactly where N is small."""
+    import triton
+
+    assert [common.bucket(n) for n in (1, 2, 3, 16, 17, 97, 128)] == [1, 2, 4, 16, 32, 128, 128]
+    assert common.cdiv(7, 2) == 4 and common.cdiv(8, 2) == 4
+    shapes = [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 16, 32, 4, 4), (256, 32, 32, 8, 3)]
+    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=st)
+               for m, n, k, w, st in shapes]
+    prune = common.prune_configs("x_ptr")
+    kept = lambda n_bucket, dtype: [c.kwargs["BLOCK_N"] for c in prune(  # noqa: E731
+        configs, {"x_ptr": torch.empty(1, dtype=dtype), "M_BUCKET": 2**20, "N_BUCKET": n_bucket})]
+    assert kept(4, torch.bfloat16) == [16]  # an RGB layer's input gradient: N = 3
+    assert kept(32, torch.bfloat16) == [16, 32]
+    assert kept(256, torch.bfloat16) == [128, 256]
+    assert kept(256, torch.float32) == [128]  # 128x256x64 fp32 tiles in 3 stages overflow shared memory
+
+
 def test_wide_index_path(monkeypatch):
     """The int64 offset path (taken for tensors spanning 2**31 elements) computes the same thing."""
     monkeypatch.setattr(common, "needs_wide_index", lambda *extents: True)

@@ -9,9 +9,10 @@
   memory than a Hopper SM has. Under the interpreter a single small config runs
   (benchmarking configs there would take minutes and prove nothing);
   ``CORRMM_AUTOTUNE=0`` likewise runs one config on a GPU.
-* layout: on a GPU every operand is read as NHWC (channels_last), see
-  :func:`as_nhwc`; under the interpreter operands keep their strides, which is
-  how the tests exercise arbitrary layouts.
+* layout: on a GPU operands are read NHWC (channels_last), see :func:`as_nhwc`,
+  except the float32 weight of the input gradient (each module's
+  ``prepare_operands`` says why); under the interpreter operands keep their
+  strides, which is how the tests exercise arbitrary layouts.
 * index width: 32-bit offsets unless a tensor (padding included) spans 2**31
   elements, see :func:`needs_wide_index`.
 """

@@ -67,10 +67,11 @@ GRAD_WEIGHT_CONFIGS = common.make_configs([
     (64, 16, 64, 4, 4),
 ])
 
-#: the nominal tile of the split-K cost model and the rounding unit of a split's K range
+#: the nominal tile of the split-K cost model (the tuned tile is not known before launch)
 _MODEL_TILE = 128
 #: a split never gets fewer reduction steps than this (below it the partial traffic dominates)
 _MIN_K_PER_SPLIT = 256
+#: enough for a handful of tiles to fill 132 SMs (an 11x11 RGB layer has 3 tiles)
 MAX_SPLITS = 128
 #: arithmetic intensity (flop per byte of DRAM traffic) at which an H100 is balanced in bf16
 _FLOP_PER_BYTE = 250.0
@@ -224,7 +225,14 @@ def _choose_splits(tiles, reduction, out_elements, out_element_size, sms, worksp
 
 
 def prepare_operands(x: torch.Tensor, dy: torch.Tensor):
-    """x and dy with channels innermost: the B tile's columns and the A tile's rows contiguous."""
+    """x and dy with channels innermost: the B tile's columns and the A tile's rows contiguous.
+
+    Here K is the pixel index (n, p, q), which no NHWC operand holds contiguously,
+    so both tiles are MN-major: 16-bit wgmma reads them as they are, TF32 wgmma
+    (K-major only) does not, and float32 runs far below the other passes (L3 on an
+    H100: 47 TFLOP/s). Laying dy, or dy and x, out batch-innermost, (C, N, H, W)
+    in memory, measured slower still (29 and 35 TFLOP/s), so NHWC stays.
+    """
     return common.as_nhwc(x), common.as_nhwc(dy)
 
 
