@@ -1,12 +1,15 @@
 """Which algorithm runs a pass: the ``auto`` rule.
 
-The rule generalises the one GpuCorrMM found in 2014. Both column-buffer
-algorithms do the same arithmetic; they differ in the shape of their GEMMs and
-the size of their column buffers:
+The rule is cheap (integer arithmetic on the geometry), deterministic and
+never times anything. It has two layers.
+
+**The seed's rule, generalised (CPU, and any case the GPU rule leaves open).**
+im2col and swapped do the same arithmetic and differ in GEMM shape and column
+buffer:
 
 * forward and grad_weight: im2col multiplies image by image, each product having
   P·Q columns (the output extent), while swapped makes one product over the whole
-  batch, looping over input channels instead. The seed's rule
+  batch, looping over input channels instead. GpuCorrMM's rule
   ``batch·R·S > channels·P·Q`` picks swapped when the kernel is large compared
   with the output (the per-image products get thin). The weight gradient is the
   same exchange read backwards, so it takes the same predicate.
@@ -14,8 +17,23 @@ the size of their column buffers:
   (im2col's has C·R·S·P·Q elements per image, swapped's K·R·S·H·W, and swapped
   must insert zeros when strided), so swapped is chosen when its buffer is the
   smaller and the stride is 1.
+* a 1x1, stride-1, unpadded, undilated layer is a plain GEMM: gemm1x1.
 
-The rule is cheap (integer arithmetic on the geometry) and deterministic.
+**On CUDA**, fitted to ``corrmm bench`` on an H100 (bf16 and TF32, the
+convnet suite; PERFORMANCE.md has the table):
+
+* gemm1x1 whenever it applies (R3: fastest in every pass and dtype);
+* the implicit-GEMM kernels by default: they win the compute-bound 3x3 to
+  9x9 layers (L2-L5, R2, R4, R5) in bf16;
+* forward with few channels per group (``Cg < 16``, e.g. RGB input: L1, R1):
+  im2col, whose column buffer turns the 3-channel reduction into a long,
+  dense one, where the implicit tiles would be mostly padding;
+* the seed's large-kernel predicate (``N·R·S > Cg·P·Q``, S2): swapped for the
+  forward pass and the weight gradient;
+* fft (stride 1, dilation 1) for kernels of 9x9 and more when the direct
+  method is weakest: TF32 (L2, L3: the FFT's complex GEMMs run at the same TF32
+  rate on far fewer operations), and for the input gradient also
+  few-channel or large-kernel layers (L1, S2).
 """
 from __future__ import annotations
 
@@ -26,12 +44,15 @@ import torch
 from . import algorithms
 from .geometry import ConvGeometry
 
+FEW_CHANNELS = 16      # below this many channels per group, implicit tiles are mostly padding
+FFT_MIN_TAPS = 81      # fft pays from 9x9 kernels on
 
-def auto_choice(pass_name: str, geometry: ConvGeometry, device: torch.device, dtype: torch.dtype) -> str:
-    g = geometry
-    kernel_area = math.prod(g.kernel)
-    out_area = math.prod(g.out_size)
-    in_area = math.prod(g.in_size)
+
+def seed_rule(pass_name: str, g: ConvGeometry) -> str:
+    """GpuCorrMM's choice between im2col and swapped, extended to all passes (and gemm1x1)."""
+    if _is_plain_gemm(g):
+        return "gemm1x1"
+    kernel_area, out_area, in_area = math.prod(g.kernel), math.prod(g.out_size), math.prod(g.in_size)
     if pass_name in ("forward", "grad_weight"):
         large_kernel = g.batch * kernel_area > g.channels_per_group * out_area
         return "swapped" if large_kernel else "im2col"
@@ -40,6 +61,44 @@ def auto_choice(pass_name: str, geometry: ConvGeometry, device: torch.device, dt
         smaller_buffer = g.filters_per_group * in_area < g.channels_per_group * out_area
         return "swapped" if unit_stride and smaller_buffer else "im2col"
     raise ValueError(f"unknown pass {pass_name!r}")
+
+
+def _is_plain_gemm(g: ConvGeometry) -> bool:
+    return (all(k == 1 for k in g.kernel) and all(s == 1 for s in g.stride)
+            and all(d == 1 for d in g.dilation) and all(p == (0, 0) for p in g.padding))
+
+
+def _cuda_rule(pass_name: str, g: ConvGeometry, dtype: torch.dtype) -> str:
+    if _is_plain_gemm(g):
+        return "gemm1x1"
+    taps = math.prod(g.kernel)
+    few_channels = g.channels_per_group < FEW_CHANNELS
+    large_kernel = g.batch * taps > g.channels_per_group * math.prod(g.out_size)
+    fft_fits = all(s == 1 for s in g.stride) and all(d == 1 for d in g.dilation) and taps >= FFT_MIN_TAPS
+    tf32 = dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+    if pass_name == "forward":
+        if few_channels:
+            return "im2col"
+        if large_kernel:
+            return "swapped"
+        return "fft" if fft_fits and tf32 else "implicit"
+    if pass_name == "grad_input":
+        return "fft" if fft_fits and (tf32 or few_channels or large_kernel) else "implicit"
+    if pass_name == "grad_weight":
+        if large_kernel:
+            return "swapped"
+        return "fft" if fft_fits and tf32 and not few_channels else "implicit"
+    raise ValueError(f"unknown pass {pass_name!r}")
+
+
+def auto_choice(pass_name: str, geometry: ConvGeometry, device: torch.device, dtype: torch.dtype) -> str:
+    """The algorithm ``auto`` runs for this pass (a registered name)."""
+    if torch.device(device).type == "cuda":
+        choice = _cuda_rule(pass_name, geometry, dtype)
+        if choice in algorithms.REGISTRY and not algorithms.REGISTRY[choice].not_supported_reasons(
+                geometry, pass_name, torch.device(device), dtype):
+            return choice
+    return seed_rule(pass_name, geometry)
 
 
 def resolve(algo: str, pass_name: str, geometry: ConvGeometry, device: torch.device,

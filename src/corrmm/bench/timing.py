@@ -10,6 +10,12 @@ Budgets are in milliseconds, like ``do_bench``'s: ``warmup_ms`` of untimed
 calls, then as many timed calls as fit in ``rep_ms`` (at least ``min_reps``).
 The first call is never timed: it is where cuDNN's benchmark mode, corrmm's
 ``tune`` and Triton's compiler do their one-off work.
+
+With ``cuda_graph`` (``corrmm bench --cuda-graph``) every candidate, torch's
+convolution included, is captured once into a CUDA graph and the replays are
+timed: device time with the host's launch cost taken out, for both sides alike.
+Small layers whose eager time is bound by Python and launch latency show the
+gap between the two modes.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ class TimingConfig:
     rep_ms: float
     min_reps: int = 3
     max_reps: int = 1000
+    cuda_graph: bool = False
 
     @classmethod
     def default(cls, device: torch.device, quick: bool = False) -> "TimingConfig":
@@ -58,6 +65,8 @@ def synchronize(device: torch.device) -> None:
 
 def measure(fn: Callable[[], object], device: torch.device, config: TimingConfig) -> float:
     """Median time of ``fn()`` in milliseconds."""
+    if device.type == "cuda" and config.cuda_graph:
+        fn = _graph_replay(fn, device)
     if device.type == "cuda":
         do_bench = _do_bench()
         if do_bench is not None:
@@ -67,6 +76,20 @@ def measure(fn: Callable[[], object], device: torch.device, config: TimingConfig
                 pass
         return _measure_cuda(fn, device, config)
     return _measure_cpu(fn, config)
+
+
+def _graph_replay(fn: Callable[[], object], device: torch.device) -> Callable[[], object]:
+    """Capture ``fn`` (already warmed up by the caller) into a CUDA graph; return its replay."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):  # one more eager call on the side stream, as capture requires
+        fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    torch.cuda.synchronize(device)
+    return graph.replay
 
 
 def _repetitions(estimate_ms: float, budget_ms: float, config: TimingConfig, minimum: int) -> int:

@@ -56,6 +56,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quick", action="store_true", help="short warm-up and fewer repetitions")
     parser.add_argument("--warmup-ms", type=float, help="warm-up budget per case, ms (overrides the default)")
     parser.add_argument("--rep-ms", type=float, help="timing budget per case, ms (overrides the default)")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="time CUDA-graph replays of every candidate, torch included (device time, no launch cost)")
     parser.add_argument("--no-check", action="store_true", help="skip comparing each result with torch's")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or per-layer lines")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
@@ -114,6 +116,10 @@ def _plan(args) -> tuple:
         timing = replace(timing, warmup_ms=args.warmup_ms)
     if args.rep_ms is not None:
         timing = replace(timing, rep_ms=args.rep_ms)
+    if args.cuda_graph:
+        if device.type != "cuda":
+            raise _UsageError("--cuda-graph needs --device cuda")
+        timing = replace(timing, cuda_graph=True)
     plan = runner.BenchPlan(device=device, dtypes=_dtypes(_split(args.dtypes), device),
                             passes=_passes(_split(args.passes)), candidates=_candidates(_split(args.algos)),
                             timing=timing, check=not args.no_check, seed=args.seed)
@@ -189,7 +195,7 @@ def run(args) -> int:
           f"passes {' '.join(plan.passes)}")
     print(f"candidates: {' '.join(plan.candidates)}; timing: {method_name(plan.device)}, median, "
           f"warm-up {plan.timing.warmup_ms:g} ms, {plan.timing.rep_ms:g} ms of repetitions"
-          f"{' (quick)' if args.quick else ''}", flush=True)
+          f"{' (quick)' if args.quick else ''}{'; CUDA-graph replays' if plan.timing.cuda_graph else ''}", flush=True)
     load = env.get("load_average")
     if load is not None and load[0] > 0.75 * (os.cpu_count() or 1):
         print(f"note: this machine is busy (load average {load[0]:.1f} on {os.cpu_count()} cores): "
@@ -222,7 +228,8 @@ def run(args) -> int:
     settings = {"suite": suite_name, "dtypes": plan.dtypes, "passes": plan.passes, "candidates": plan.candidates,
                 "quick": bool(args.quick), "check": plan.check, "seed": plan.seed,
                 "timing": {"method": method_name(plan.device), "warmup_ms": plan.timing.warmup_ms,
-                           "rep_ms": plan.timing.rep_ms, "min_reps": plan.timing.min_reps, "statistic": "median"},
+                           "rep_ms": plan.timing.rep_ms, "min_reps": plan.timing.min_reps, "statistic": "median",
+                           "cuda_graph": plan.timing.cuda_graph},
                 "algorithms": corrmm.algorithms(), "tune_available": runner.accepts_algo("tune"),
                 "args": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list))},
                 "interrupted": interrupted}

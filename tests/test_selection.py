@@ -1,0 +1,68 @@
+"""The auto rule: deterministic, always a supported algorithm, and the choices the
+benchmark measurements on the H100 justify (PERFORMANCE.md)."""
+import pytest
+import torch
+
+import corrmm
+from corrmm.algorithms import REGISTRY
+from corrmm.geometry import make_geometry
+from corrmm.selection import auto_choice, seed_rule
+
+CUDA = torch.device("cuda")
+CPU = torch.device("cpu")
+
+# name: (input shape, weight shape, border_mode, subsample) of DESIGN 5's suite
+LAYERS = {
+    "L1": ((128, 3, 128, 128), (96, 3, 11, 11), 0, 1),
+    "L3": ((128, 128, 32, 32), (128, 128, 9, 9), 0, 1),
+    "L4": ((128, 128, 16, 16), (128, 128, 7, 7), 0, 1),
+    "S2": ((32, 64, 32, 32), (128, 64, 28, 28), 0, 1),
+    "R1": ((64, 3, 224, 224), (64, 3, 7, 7), 3, 2),
+    "R3": ((64, 256, 56, 56), (64, 256, 1, 1), 0, 1),
+    "R4": ((64, 256, 14, 14), (256, 256, 3, 3), 1, 1),
+}
+
+
+def _geometry(name):
+    x, w, pad, stride = LAYERS[name]
+    return make_geometry(x, w, border_mode=pad, subsample=stride)
+
+
+@pytest.mark.parametrize("name,dtype,pass_name,expected", [
+    ("L1", torch.bfloat16, "forward", "im2col"),
+    ("R1", torch.bfloat16, "forward", "im2col"),
+    ("L3", torch.bfloat16, "forward", "implicit"),
+    ("R4", torch.bfloat16, "grad_weight", "implicit"),
+    ("S2", torch.bfloat16, "forward", "swapped"),
+    ("S2", torch.bfloat16, "grad_weight", "swapped"),
+    ("S2", torch.bfloat16, "grad_input", "fft"),
+    ("L1", torch.bfloat16, "grad_input", "fft"),
+    ("L3", torch.bfloat16, "grad_input", "implicit"),
+    ("L3", torch.float32, "forward", "fft"),
+    ("L3", torch.float32, "grad_weight", "fft"),
+    ("L4", torch.float32, "forward", "implicit"),
+    ("R3", torch.bfloat16, "forward", "gemm1x1"),
+    ("R3", torch.float32, "grad_weight", "gemm1x1"),
+])
+def test_cuda_rule_follows_the_measurements(name, dtype, pass_name, expected, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    if REGISTRY[expected].not_supported_reasons(_geometry(name), pass_name, CUDA, dtype):
+        pytest.skip(f"{expected} is not available in this environment")  # e.g. triton missing
+    assert auto_choice(pass_name, _geometry(name), CUDA, dtype) == expected
+
+
+@pytest.mark.parametrize("name", LAYERS)
+@pytest.mark.parametrize("pass_name", ["forward", "grad_input", "grad_weight"])
+def test_cpu_uses_the_seed_rule_and_always_a_supported_algorithm(name, pass_name):
+    g = _geometry(name)
+    choice = auto_choice(pass_name, g, CPU, torch.float32)
+    assert choice == seed_rule(pass_name, g)
+    assert not REGISTRY[choice].not_supported_reasons(g, pass_name, CPU, torch.float32)
+
+
+def test_seed_rule():
+    # GpuCorrMM's example: a kernel nearly as large as the image, few output positions
+    assert seed_rule("forward", _geometry("S2")) == "swapped"
+    assert seed_rule("forward", _geometry("L3")) == "im2col"
+    assert seed_rule("forward", _geometry("R3")) == "gemm1x1"
+    assert seed_rule("grad_input", _geometry("R1")) == "im2col"  # strided: no zero insertion
