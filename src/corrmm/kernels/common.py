@@ -184,6 +184,9 @@ def multiply_accumulate(acc, a, b, INPUT_PRECISION: tl.constexpr, UPCAST: tl.con
 @triton.jit
 def widen(x, WIDE_INDEX: tl.constexpr):
     """Offsets in int64 when a tensor may span 2**31 elements (see :func:`needs_wide_index`)."""
+    # one return statement: Triton 3.6 rejects returns of different types from constexpr branches
     if WIDE_INDEX:
-        return x.to(tl.int64)
-    return x
+        wide = x.to(tl.int64)
+    else:
+        wide = x
+    return wide
