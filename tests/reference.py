@@ -9,12 +9,14 @@ import zlib
 import torch
 import torch.nn.functional as F
 
+from corrmm.algorithms import REGISTRY
+
 
 DEVICE = torch.device(os.environ.get("CORRMM_TEST_DEVICE", "cpu"))
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
-#: algorithms that run interpreted (slowly) on this device get a reduced grid
-INTERPRETED = {"implicit"} if DEVICE.type == "cpu" else set()
+#: algorithms that run emulated (slowly: Triton's interpreter) on this device get a reduced grid
+INTERPRETED = {name for name, algorithm in REGISTRY.items() if algorithm.emulated_on(DEVICE)}
 
 _REFERENCE_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 

@@ -219,16 +219,6 @@ class ConvGeometry:
         self.out_size  # raises when the output would be empty
         return self
 
-    def swap_stride_and_dilation(self, in_size, kernel, batch, in_channels, out_channels) -> "ConvGeometry":
-        """The geometry where kernel taps and output positions trade places.
-
-        ``p * s + r * d`` is symmetric in (p, s) and (r, d): reading the output
-        positions as kernel taps exchanges stride and dilation. The swapped
-        algorithm is built on this identity.
-        """
-        return ConvGeometry(batch, in_channels, out_channels, tuple(in_size), tuple(kernel), self.padding,
-                            self.dilation, self.stride, self.groups)
-
 
 def make_geometry(
     input_shape: Sequence[int],

@@ -60,9 +60,6 @@ REPEAT_BUDGET_S = 0.25
 #: is not timed again: it cannot win, and slow candidates are where tuning time goes
 HOPELESS_FACTOR = 20.0
 
-#: algorithms whose CPU path is Triton's interpreter, an emulator for tests: never a contender
-#: there, and timing one costs seconds, so the CPU tuner leaves them out
-CPU_EMULATED = frozenset({"implicit"})
 
 _lock = threading.Lock()
 _memory: Dict[str, str] = {}
@@ -172,10 +169,11 @@ def clear_cache(disk: bool = False) -> None:
 # ---- timing -----------------------------------------------------------------------
 
 def candidates(pass_name: str, geometry: ConvGeometry, device: torch.device, dtype: torch.dtype) -> List[str]:
-    """Registered algorithms that say they can run this pass (natively: see :data:`CPU_EMULATED`)."""
+    """Registered algorithms that can run this pass natively (an emulated one is never a contender
+    and costs seconds to time, so it is left out)."""
     names = []
     for name, algorithm in REGISTRY.items():
-        if torch.device(device).type == "cpu" and name in CPU_EMULATED:
+        if algorithm.emulated_on(device):
             continue
         try:
             if not algorithm.not_supported_reasons(geometry, pass_name, device, dtype):
@@ -269,7 +267,7 @@ def benchmark(pass_name: str, geometry: ConvGeometry, device: torch.device, dtyp
 
 def _usable(name: Optional[str], pass_name, geometry, device, dtype) -> bool:
     """A name read from the file still names a registered algorithm that serves the case."""
-    if name not in REGISTRY or (torch.device(device).type == "cpu" and name in CPU_EMULATED):
+    if name not in REGISTRY or REGISTRY[name].emulated_on(device):
         return False
     try:
         return not REGISTRY[name].not_supported_reasons(geometry, pass_name, device, dtype)

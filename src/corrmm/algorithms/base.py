@@ -36,6 +36,10 @@ class Algorithm:
             reasons.append(f"{self.name} does not support dtype {dtype}")
         return reasons
 
+    def emulated_on(self, device: torch.device) -> bool:
+        """True where this algorithm only runs in an emulator (correct, never fast): the tuner skips it."""
+        return False
+
     def forward(self, input: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor:
         raise NotImplementedError
 

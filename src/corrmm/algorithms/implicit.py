@@ -64,6 +64,9 @@ def _lower(t: torch.Tensor, g: ConvGeometry) -> torch.Tensor:
 class Implicit(Algorithm):
     name = "implicit"
 
+    def emulated_on(self, device: torch.device) -> bool:
+        return torch.device(device).type == "cpu"  # Triton's interpreter
+
     def not_supported_reasons(self, geometry: ConvGeometry, pass_name: str, device: torch.device,
                               dtype: torch.dtype) -> List[str]:
         reasons = super().not_supported_reasons(geometry, pass_name, device, dtype)
