@@ -35,12 +35,7 @@ CORRMM_OPS = {torch.ops.corrmm.corr.default, torch.ops.corrmm.corr_grad_input.de
 ATEN_CONVS = {aten.convolution.default, aten.convolution_backward.default}
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    counters.clear()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 def _targets(gm):

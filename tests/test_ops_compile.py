@@ -14,12 +14,7 @@ from .reference import seeded_generator
 KW = dict(border_mode=((1, 0), (2, 1)), subsample=(2, 1), filter_dilation=(1, 2), num_groups=2)
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    counters.clear()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 def _every_public_op(x, w, dy):

@@ -128,6 +128,22 @@ def sm_count(device: torch.device) -> int:
 AUTOTUNE = os.environ.get("CORRMM_AUTOTUNE", "1") != "0"
 
 
+#: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) tried by the forward and grad-input kernels
+DIRECT_TILES = [
+    (128, 128, 64, 8, 3),
+    (128, 256, 64, 8, 3),
+    (256, 128, 64, 8, 3),
+    (128, 128, 32, 4, 4),
+    (128, 64, 64, 4, 4),
+    (64, 128, 32, 4, 4),
+    (64, 64, 32, 4, 4),
+    (128, 16, 32, 4, 4),
+    (256, 16, 64, 8, 3),
+    (128, 32, 64, 4, 4),
+    (256, 32, 32, 8, 3),
+]
+
+
 def make_configs(shapes: Sequence[tuple]) -> List[triton.Config]:
     """``(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)`` tuples -> Triton configs.
 

@@ -47,21 +47,9 @@ from ..geometry import ConvGeometry
 from . import common
 from .common import multiply_accumulate, widen
 
-#: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages): square and wide tiles for the usual
-#: layers, narrow ones (BLOCK_N 16/32) for few filters; common.prune_configs keeps those that fit
-FORWARD_CONFIGS = common.make_configs([
-    (128, 128, 64, 8, 3),
-    (128, 256, 64, 8, 3),
-    (256, 128, 64, 8, 3),
-    (128, 128, 32, 4, 4),
-    (128, 64, 64, 4, 4),
-    (64, 128, 32, 4, 4),
-    (64, 64, 32, 4, 4),
-    (128, 16, 32, 4, 4),
-    (256, 16, 64, 8, 3),
-    (128, 32, 64, 4, 4),
-    (256, 32, 32, 8, 3),
-])
+#: square and wide tiles for the usual layers, narrow ones (BLOCK_N 16/32) for few filters;
+#: common.prune_configs keeps those that fit
+FORWARD_CONFIGS = common.make_configs(common.DIRECT_TILES)
 
 
 @triton.autotune(configs=FORWARD_CONFIGS, key=["M_BUCKET", "N_BUCKET", "K_BUCKET", "FLAT_K", "INPUT_PRECISION"],

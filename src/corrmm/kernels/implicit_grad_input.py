@@ -48,21 +48,8 @@ from ..geometry import ConvGeometry
 from . import common
 from .common import multiply_accumulate, widen
 
-#: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), as for the forward pass (the narrow
-#: tiles serve the input gradient of an RGB layer: N = C = 3)
-GRAD_INPUT_CONFIGS = common.make_configs([
-    (128, 128, 64, 8, 3),
-    (128, 256, 64, 8, 3),
-    (256, 128, 64, 8, 3),
-    (128, 128, 32, 4, 4),
-    (128, 64, 64, 4, 4),
-    (64, 128, 32, 4, 4),
-    (64, 64, 32, 4, 4),
-    (128, 16, 32, 4, 4),
-    (256, 16, 64, 8, 3),
-    (128, 32, 64, 4, 4),
-    (256, 32, 32, 8, 3),
-])
+#: the forward pass's tiles (the narrow ones serve the input gradient of an RGB layer: N = C = 3)
+GRAD_INPUT_CONFIGS = common.make_configs(common.DIRECT_TILES)
 
 
 @triton.autotune(configs=GRAD_INPUT_CONFIGS, key=["M_BUCKET", "N_BUCKET", "K_BUCKET", "INPUT_PRECISION"],
