@@ -5,7 +5,7 @@ import torch
 
 import corrmm
 
-from tests.reference import (DEVICE, INTERPRETED, assert_close_to_reference, randn, reference_passes, refused,
+from tests.reference import (DEVICE, INTERPRETED, assert_passes_match_reference, randn, reference_passes, refused,
                              seeded_generator)
 
 ALGOS = [a for a in corrmm.algorithms() if a not in INTERPRETED] + ["auto"]
@@ -153,10 +153,8 @@ def test_workspace_cap_chunks_without_changing_results(algo, dtype):
     with corrmm.config.workspace_limit_set_to(1):  # one image (or channel) per chunk
         chunked = [corrmm.corr2d(x, w, **kw), corrmm.corr2d_grad_input(w, dy, (10, 9), **kw),
                    corrmm.corr2d_grad_weight(x, dy, (3, 3), **kw)]
-    ref64 = reference_passes(x64.cpu(), w64.cpu(), dy64.cpu(), [(0, 0)] * 2, (1, 1), (1, 1), 2)
-    same = reference_passes(x, w, dy, [(0, 0)] * 2, (1, 1), (1, 1), 2)
-    for name, ours, r64, rdt in zip(("forward", "grad_input", "grad_weight"), chunked, ref64, same):
-        assert_close_to_reference(ours, r64, rdt, dtype, f"chunked {name}")
+    assert_passes_match_reference(chunked, (x64, w64, dy64), (x, w, dy), [(0, 0)] * 2, (1, 1), (1, 1), 2, dtype,
+                                  "chunked")
     with pytest.raises(ValueError, match="positive"):
         corrmm.set_workspace_limit(0)
 

@@ -11,8 +11,7 @@ import corrmm
 from corrmm import config
 from corrmm.algorithms.fft import fast_fft_size
 
-from tests.reference import (DEVICE, DTYPES, assert_close_to_reference, randn, reference_corr, reference_passes,
-                             seeded_generator)
+from tests.reference import DEVICE, DTYPES, assert_passes_match_reference, randn, reference_corr, seeded_generator
 
 # (batch, channels, in_size, filters, kernel, groups, (low, high) per dimension)
 CASES = [
@@ -48,11 +47,8 @@ def _check_case(case, dtype, memory_format=None, algo="fft"):
     corr, grad_input, grad_weight = _functions(len(size))
     kwargs = dict(border_mode=padding, num_groups=groups, algo=algo)
     ours = (corr(x, w, **kwargs), grad_input(w, dy, size, **kwargs), grad_weight(x, dy, kernel, **kwargs))
-    ref64 = reference_passes(x64.cpu(), w64.cpu(), dy64.cpu(), padding, [1] * len(size), [1] * len(size), groups)
-    same_dtype = reference_passes(x, w, dy, padding, [1] * len(size), [1] * len(size), groups)
-    for name, result, r64, rdt in zip(("forward", "grad_input", "grad_weight"), ours, ref64, same_dtype):
-        assert result.shape == r64.shape and result.dtype == dtype
-        assert_close_to_reference(result, r64, rdt, dtype, f"fft {name} {dtype}")
+    unit = [1] * len(size)
+    assert_passes_match_reference(ours, (x64, w64, dy64), (x, w, dy), padding, unit, unit, groups, dtype, "fft")
     return ours
 
 

@@ -11,7 +11,7 @@ from corrmm import config
 from corrmm.algorithms import REGISTRY
 from corrmm.geometry import make_geometry
 
-from tests.reference import DTYPES, assert_close_to_reference, randn, reference_passes, seeded_generator
+from tests.reference import DTYPES, assert_passes_match_reference, randn, seeded_generator
 
 # (batch, channels, in_size, filters, groups)
 CASES = [
@@ -55,11 +55,8 @@ def _check_case(case, dtype, layout="contiguous"):
     kwargs = dict(num_groups=groups, algo="gemm1x1")
     ours = (corr(x, w, **kwargs), grad_input(w, dy, size, **kwargs), grad_weight(x, dy, (1,) * nd, **kwargs))
     unit = [1] * nd
-    ref64 = reference_passes(x64.cpu(), w64.cpu(), dy64.cpu(), [(0, 0)] * nd, unit, unit, groups)
-    same_dtype = reference_passes(x, w, dy, [(0, 0)] * nd, unit, unit, groups)
-    for name, result, r64, rdt in zip(("forward", "grad_input", "grad_weight"), ours, ref64, same_dtype):
-        assert result.shape == r64.shape and result.dtype == dtype
-        assert_close_to_reference(result, r64, rdt, dtype, f"gemm1x1 {name} {dtype} {layout}")
+    assert_passes_match_reference(ours, (x64, w64, dy64), (x, w, dy), [(0, 0)] * nd, unit, unit, groups, dtype,
+                                  f"gemm1x1 {layout}")
     return ours
 
 

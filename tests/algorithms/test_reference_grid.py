@@ -14,8 +14,7 @@ import torch
 import corrmm
 from corrmm.algorithms import REGISTRY
 
-from tests.reference import (UNIVERSAL, DEVICE, DTYPES, INTERPRETED, assert_close_to_reference, randn, reference_passes,
-                        seeded_generator)
+from tests.reference import DTYPES, INTERPRETED, UNIVERSAL, assert_passes_match_reference, randn, seeded_generator
 
 
 # (batch, channels, in_size, filters, kernel, groups)
@@ -92,11 +91,8 @@ def _run_case(algo, dtype, case):
     gx = getattr(corrmm, f"corr{len(size)}d_grad_input")(w, dy, size, **kwargs)
     gw = getattr(corrmm, f"corr{len(size)}d_grad_weight")(x, dy, kernel, **kwargs)
     assert y.shape == (n, k, *out) and gx.shape == x.shape and gw.shape == w.shape
-    assert y.dtype == gx.dtype == gw.dtype == dtype
-    ref64 = reference_passes(x64.cpu(), w64.cpu(), dy64.cpu(), padding, stride, dilation, groups)
-    same_dtype = reference_passes(x, w, dy, padding, stride, dilation, groups)
-    for name, ours, r64, rdt in zip(("forward", "grad_input", "grad_weight"), (y, gx, gw), ref64, same_dtype):
-        assert_close_to_reference(ours, r64, rdt, dtype, f"{algo} {name} {dtype}")
+    assert_passes_match_reference((y, gx, gw), (x64, w64, dy64), (x, w, dy), padding, stride, dilation, groups,
+                                  dtype, algo)
 
 
 def _grid():

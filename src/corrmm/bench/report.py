@@ -119,26 +119,14 @@ def summarize(rows: Sequence[Row], dtype: str, passes: Sequence[str]) -> Dict[st
 
 # ---- the text table ---------------------------------------------------------------
 
-def _fmt_ms(ms: float) -> str:
-    if ms >= 100:
-        return f"{ms:.0f}"
-    if ms >= 10:
-        return f"{ms:.1f}"
-    if ms >= 1:
-        return f"{ms:.2f}"
-    return f"{ms:.3f}"
-
-
-def _fmt_rate(tflops: Optional[float]) -> str:
-    if tflops is None:
+def _fmt_number(value: Optional[float]) -> str:
+    """Three significant figures or so, "-" for a missing value (times in ms, rates in TFLOP/s)."""
+    if value is None:
         return "-"
-    if tflops >= 100:
-        return f"{tflops:.0f}"
-    if tflops >= 10:
-        return f"{tflops:.1f}"
-    if tflops >= 1:
-        return f"{tflops:.2f}"
-    return f"{tflops:.3f}"
+    for floor, digits in ((100, 0), (10, 1), (1, 2)):
+        if value >= floor:
+            return f"{value:.{digits}f}"
+    return f"{value:.3f}"
 
 
 def _fmt_ratio(value: Optional[float]) -> str:
@@ -154,7 +142,7 @@ def _cell(m: Optional[Measurement]) -> str:
     if m.ms is None:
         return m.status.rjust(CELL)
     mark = "!" if m.status == "wrong" else ""  # timed, but the result is wrong
-    return f"{_fmt_ms(m.ms) + mark:>8} {_fmt_rate(m.tflops):>6}"
+    return f"{_fmt_number(m.ms) + mark:>8} {_fmt_number(m.tflops):>6}"
 
 
 def format_table(rows: Sequence[Row], dtype: str, candidates: Sequence[str], torch_label: str) -> str:
