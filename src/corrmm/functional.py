@@ -15,10 +15,11 @@ to any order.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Dict, Sequence
 
 import torch
 
+from . import ops
 from .geometry import ConvGeometry, check_grad_output_shape, make_geometry
 from .ops import check_algo, check_tensors
 
@@ -28,6 +29,34 @@ _KEYWORDS_DOC = """
     filter_dilation: an int or one per spatial dimension (>= 1).
     num_groups: divides both the input channels and the number of filters.
     algo: an algorithm name from ``corrmm.algorithms()`` or "auto"."""
+
+
+_GEOMETRIES: Dict[tuple, ConvGeometry] = {}
+_MAX_GEOMETRIES = 4096
+
+
+def _frozen(value):
+    """A hashable stand-in for an argument that keeps its type (so 2.0 and True never pass for 2 and 1)."""
+    if isinstance(value, (list, tuple)):
+        return type(value), tuple(_frozen(v) for v in value)
+    return type(value), value
+
+
+def _geometry(input_shape, weight_shape, border_mode, subsample, filter_dilation, num_groups) -> ConvGeometry:
+    """``make_geometry``, remembered per argument signature: a repeated call skips the validation."""
+    try:
+        key = (tuple(input_shape), tuple(weight_shape), _frozen(border_mode), _frozen(subsample),
+               _frozen(filter_dilation), _frozen(num_groups))
+        geometry = _GEOMETRIES.get(key)
+    except TypeError:  # an unhashable argument: validate every time (and let make_geometry say what is wrong)
+        key = geometry = None
+    if geometry is None:
+        geometry = make_geometry(input_shape, weight_shape, border_mode, subsample, filter_dilation, num_groups)
+        if key is not None:
+            if len(_GEOMETRIES) >= _MAX_GEOMETRIES:
+                _GEOMETRIES.clear()
+            _GEOMETRIES[key] = geometry
+    return geometry
 
 
 def _op_args(g: ConvGeometry, algo: str):
@@ -71,8 +100,8 @@ def _make_corr(ndim: int):
         check_tensors(name, input=input, weight=weight)
         _check_rank(name, ndim, input=input, weight=weight)
         check_algo(algo)
-        g = make_geometry(input.shape, weight.shape, border_mode, subsample, filter_dilation, num_groups)
-        return torch.ops.corrmm.corr(input, weight, *_op_args(g, algo))
+        g = _geometry(input.shape, weight.shape, border_mode, subsample, filter_dilation, num_groups)
+        return ops.call_corr(input, weight, *_op_args(g, algo))
 
     corr.__doc__ = f"""Cross-correlation (what torch.nn.functional.conv{ndim}d computes), {ndim}-D.
 
@@ -117,9 +146,9 @@ def _make_grad_input(ndim: int):
         check_algo(algo)
         full = (grad_output.shape[0], weight.shape[1] * num_groups if isinstance(num_groups, int) else -1)
         spatial = _spatial_shape(name, "input_shape", input_shape, full, ndim)
-        g = make_geometry((*full, *spatial), weight.shape, border_mode, subsample, filter_dilation, num_groups)
+        g = _geometry((*full, *spatial), weight.shape, border_mode, subsample, filter_dilation, num_groups)
         check_grad_output_shape(g, grad_output.shape, "input_shape")
-        return torch.ops.corrmm.corr_grad_input(weight, grad_output, list(spatial), *_op_args(g, algo))
+        return ops.call_corr_grad_input(weight, grad_output, list(spatial), *_op_args(g, algo))
 
     grad_input.__doc__ = f"""Gradient of corr{ndim}d with respect to its input.
 
@@ -146,9 +175,9 @@ def _make_grad_weight(ndim: int):
                              f"channels ({input.shape[1]})")
         full = (grad_output.shape[1], input.shape[1] // num_groups)
         spatial = _spatial_shape(name, "kernel_shape", kernel_shape, full, ndim)
-        g = make_geometry(input.shape, (*full, *spatial), border_mode, subsample, filter_dilation, num_groups)
+        g = _geometry(input.shape, (*full, *spatial), border_mode, subsample, filter_dilation, num_groups)
         check_grad_output_shape(g, grad_output.shape, "kernel_shape")
-        return torch.ops.corrmm.corr_grad_weight(input, grad_output, list(spatial), *_op_args(g, algo))
+        return ops.call_corr_grad_weight(input, grad_output, list(spatial), *_op_args(g, algo))
 
     grad_weight.__doc__ = f"""Gradient of corr{ndim}d with respect to its weight.
 

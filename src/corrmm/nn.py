@@ -13,7 +13,7 @@ keyword ``algo`` (``"auto"`` or a name from :func:`corrmm.algorithms`).
     >>> layer(torch.randn(2, 3, 16, 16)).shape
     torch.Size([2, 8, 16, 16])
 
-The forward pass is ``torch.ops.corrmm.corr`` plus a broadcast bias add; the
+The forward pass is corrmm's ``corr`` op plus a broadcast bias add; the
 backward pass is corrmm's two gradient ops. Zero padding, including the
 asymmetric split of ``padding="same"``, goes straight into the op as
 ``(low, high)`` pairs; the other padding modes pad with ``F.pad`` first, exactly
@@ -26,6 +26,7 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from . import ops
 from .ops import check_algo
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d"]
@@ -101,9 +102,8 @@ class _CorrmmConv:
             input = F.pad(input, [p for pair in reversed(pairs) for p in pair], mode=self.padding_mode)
             pairs = [(0, 0)] * ndim
         input, weight, bias = _autocast(input, weight, bias)
-        out = torch.ops.corrmm.corr(input, weight, [low for low, _ in pairs], [high for _, high in pairs],
-                                    list(self.stride), list(self.dilation), self.groups,
-                                    getattr(self, "algo", "auto"))
+        out = ops.call_corr(input, weight, [low for low, _ in pairs], [high for _, high in pairs],
+                            list(self.stride), list(self.dilation), self.groups, getattr(self, "algo", "auto"))
         if bias is not None:
             out = out + bias.view(1, -1, *([1] * ndim))
         return out.squeeze(0) if unbatched else out

@@ -23,12 +23,13 @@ channels_last in, channels_last out.
 from __future__ import annotations
 
 import contextlib
-from typing import List, Sequence
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from . import selection
-from .algorithms import CHOOSERS, REGISTRY
+from .algorithms import CHOOSERS, REGISTRY, Algorithm
 from .geometry import ConvGeometry, check_grad_output_shape
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -113,48 +114,112 @@ def matmul_precision_like_convolution(t: torch.Tensor):
         torch.backends.cuda.matmul.allow_tf32 = previous
 
 
-def _run(pass_name: str, a: torch.Tensor, b: torch.Tensor, geometry: ConvGeometry, algo: str,
-         shape: Sequence[int], memory_format: torch.memory_format) -> torch.Tensor:
-    if geometry.is_empty:  # a zero batch, channel or filter count: nothing to multiply
-        return a.new_zeros(shape).contiguous(memory_format=memory_format)
-    algorithm = selection.resolve(algo, pass_name, geometry, a.device, a.dtype)
-    with matmul_precision_like_convolution(a):
-        result = algorithm.run(pass_name, a, b, geometry)
-    return result.to(dtype=a.dtype).contiguous(memory_format=memory_format)
+# ---- plans: each call signature validated and resolved once --------------------------------
+#
+# A plan holds what validation and algorithm choice derive from a call's signature
+# (shapes, strides, dtypes, devices, geometry arguments, algo and the TF32 switch),
+# so a repeated call, the usual case in a training loop or a benchmark, goes
+# straight to the algorithm. A signature that fails validation raises and is not
+# remembered.
+
+@dataclass(frozen=True)
+class Plan:
+    pass_name: str
+    geometry: ConvGeometry
+    #: the algorithm that runs the pass; None for "tune", whose choice the tuner's own cache keeps
+    algorithm: Optional[Algorithm]
+    shape: Tuple[int, ...]
+    memory_format: torch.memory_format
+    #: float32 on CUDA: cuBLAS GEMMs must follow cudnn.allow_tf32 for the call
+    follows_tf32_switch: bool
+
+    def execute(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if self.geometry.is_empty:  # a zero batch, channel or filter count: nothing to multiply
+            return a.new_zeros(self.shape).contiguous(memory_format=self.memory_format)
+        algorithm = self.algorithm or selection.resolve("tune", self.pass_name, self.geometry, a.device, a.dtype)
+        if self.follows_tf32_switch:
+            with matmul_precision_like_convolution(a):
+                result = algorithm.run(self.pass_name, a, b, self.geometry)
+        else:
+            result = algorithm.run(self.pass_name, a, b, self.geometry)
+        if result.dtype != a.dtype:
+            result = result.to(a.dtype)
+        return result.contiguous(memory_format=self.memory_format)
+
+
+_PLANS: Dict[tuple, Plan] = {}
+_MAX_PLANS = 4096
+
+
+def _signature(pass_name: str, a, b, size, pad_low, pad_high, stride, dilation, groups, algo):
+    """The plan key of a call, or None when an argument is malformed (validation then says which)."""
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+        return None
+    try:
+        key = (pass_name, a.shape, a.stride(), a.dtype, a.device, b.shape, b.stride(), b.dtype, b.device,
+               None if size is None else tuple(size), tuple(pad_low), tuple(pad_high), tuple(stride),
+               tuple(dilation), groups, algo, torch.backends.cudnn.allow_tf32)
+        hash(key)
+    except (TypeError, RuntimeError):  # unhashable or non-strided arguments
+        return None
+    return key
+
+
+def _plan(key, build) -> Plan:
+    plan = _PLANS.get(key) if key is not None else None
+    if plan is None:
+        plan = build()
+        if key is not None:
+            if len(_PLANS) >= _MAX_PLANS:
+                _PLANS.clear()
+            _PLANS[key] = plan
+    return plan
+
+
+def _make_plan(pass_name: str, a: torch.Tensor, geometry: ConvGeometry, algo: str, shape,
+               memory_format) -> Plan:
+    algorithm = None
+    if algo != "tune" and not geometry.is_empty:
+        algorithm = selection.resolve(algo, pass_name, geometry, a.device, a.dtype)
+    return Plan(pass_name, geometry, algorithm, tuple(shape), memory_format,
+                a.device.type == "cuda" and a.dtype == torch.float32)
 
 
 def _empty(like: torch.Tensor, shape, memory_format) -> torch.Tensor:
     return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=memory_format)
 
 
-# ---- corr ---------------------------------------------------------------------
+# ---- the op bodies ------------------------------------------------------------------
 
-@torch.library.custom_op("corrmm::corr", mutates_args=())
-def corr(input: torch.Tensor, weight: torch.Tensor, pad_low: List[int], pad_high: List[int], stride: List[int],
-         dilation: List[int], groups: int, algo: str) -> torch.Tensor:
+def corr_impl(input, weight, pad_low, pad_high, stride, dilation, groups, algo) -> torch.Tensor:
+    """corrmm::corr's body: validated once per signature, then the planned algorithm."""
+    key = _signature("forward", input, weight, None, pad_low, pad_high, stride, dilation, groups, algo)
+    plan = _plan(key, lambda: _corr_plan(input, weight, pad_low, pad_high, stride, dilation, groups, algo))
+    return plan.execute(input, weight)
+
+
+def _corr_plan(input, weight, pad_low, pad_high, stride, dilation, groups, algo) -> Plan:
     check_tensors("corr", input=input, weight=weight)
     check_algo(algo)
     g = build_geometry(input.shape, weight.shape, pad_low, pad_high, stride, dilation, groups)
-    return _run("forward", input, weight, g, algo, g.output_shape, memory_format_of(input))
+    return _make_plan("forward", input, g, algo, g.output_shape, memory_format_of(input))
 
 
-@corr.register_fake
-def _(input, weight, pad_low, pad_high, stride, dilation, groups, algo):
-    check_tensors("corr", input=input, weight=weight)
-    g = build_geometry(input.shape, weight.shape, pad_low, pad_high, stride, dilation, groups)
-    return _empty(input, g.output_shape, memory_format_of(input))
+def corr_grad_input_impl(weight, grad_output, input_size, pad_low, pad_high, stride, dilation, groups,
+                         algo) -> torch.Tensor:
+    """corrmm::corr_grad_input's body."""
+    key = _signature("grad_input", weight, grad_output, input_size, pad_low, pad_high, stride, dilation, groups,
+                     algo)
+    plan = _plan(key, lambda: _grad_input_plan(weight, grad_output, input_size, pad_low, pad_high, stride,
+                                               dilation, groups, algo))
+    return plan.execute(weight, grad_output)
 
 
-# ---- corr_grad_input ---------------------------------------------------------------
-
-@torch.library.custom_op("corrmm::corr_grad_input", mutates_args=())
-def corr_grad_input(weight: torch.Tensor, grad_output: torch.Tensor, input_size: List[int], pad_low: List[int],
-                    pad_high: List[int], stride: List[int], dilation: List[int], groups: int,
-                    algo: str) -> torch.Tensor:
+def _grad_input_plan(weight, grad_output, input_size, pad_low, pad_high, stride, dilation, groups, algo) -> Plan:
     check_tensors("corr_grad_input", weight=weight, grad_output=grad_output)
     check_algo(algo)
     g = _grad_input_geometry(weight, grad_output, input_size, pad_low, pad_high, stride, dilation, groups)
-    return _run("grad_input", weight, grad_output, g, algo, g.input_shape, memory_format_of(grad_output))
+    return _make_plan("grad_input", weight, g, algo, g.input_shape, memory_format_of(grad_output))
 
 
 def _grad_input_geometry(weight, grad_output, input_size, pad_low, pad_high, stride, dilation, groups):
@@ -166,23 +231,21 @@ def _grad_input_geometry(weight, grad_output, input_size, pad_low, pad_high, str
     return g
 
 
-@corr_grad_input.register_fake
-def _(weight, grad_output, input_size, pad_low, pad_high, stride, dilation, groups, algo):
-    check_tensors("corr_grad_input", weight=weight, grad_output=grad_output)
-    g = _grad_input_geometry(weight, grad_output, input_size, pad_low, pad_high, stride, dilation, groups)
-    return _empty(grad_output, g.input_shape, memory_format_of(grad_output))
+def corr_grad_weight_impl(input, grad_output, kernel_size, pad_low, pad_high, stride, dilation, groups,
+                          algo) -> torch.Tensor:
+    """corrmm::corr_grad_weight's body."""
+    key = _signature("grad_weight", input, grad_output, kernel_size, pad_low, pad_high, stride, dilation, groups,
+                     algo)
+    plan = _plan(key, lambda: _grad_weight_plan(input, grad_output, kernel_size, pad_low, pad_high, stride,
+                                                dilation, groups, algo))
+    return plan.execute(input, grad_output)
 
 
-# ---- corr_grad_weight --------------------------------------------------------------
-
-@torch.library.custom_op("corrmm::corr_grad_weight", mutates_args=())
-def corr_grad_weight(input: torch.Tensor, grad_output: torch.Tensor, kernel_size: List[int], pad_low: List[int],
-                     pad_high: List[int], stride: List[int], dilation: List[int], groups: int,
-                     algo: str) -> torch.Tensor:
+def _grad_weight_plan(input, grad_output, kernel_size, pad_low, pad_high, stride, dilation, groups, algo) -> Plan:
     check_tensors("corr_grad_weight", input=input, grad_output=grad_output)
     check_algo(algo)
     g = _grad_weight_geometry(input, grad_output, kernel_size, pad_low, pad_high, stride, dilation, groups)
-    return _run("grad_weight", input, grad_output, g, algo, g.weight_shape, memory_format_of(input))
+    return _make_plan("grad_weight", input, g, algo, g.weight_shape, memory_format_of(input))
 
 
 def _grad_weight_geometry(input, grad_output, kernel_size, pad_low, pad_high, stride, dilation, groups):
@@ -194,6 +257,43 @@ def _grad_weight_geometry(input, grad_output, kernel_size, pad_low, pad_high, st
     g = build_geometry(input.shape, weight_shape, pad_low, pad_high, stride, dilation, groups)
     check_grad_output_shape(g, grad_output.shape, "kernel_shape")
     return g
+
+
+# ---- the registered ops ------------------------------------------------------------------
+
+@torch.library.custom_op("corrmm::corr", mutates_args=())
+def corr(input: torch.Tensor, weight: torch.Tensor, pad_low: List[int], pad_high: List[int], stride: List[int],
+         dilation: List[int], groups: int, algo: str) -> torch.Tensor:
+    return corr_impl(input, weight, pad_low, pad_high, stride, dilation, groups, algo)
+
+
+@corr.register_fake
+def _(input, weight, pad_low, pad_high, stride, dilation, groups, algo):
+    check_tensors("corr", input=input, weight=weight)
+    g = build_geometry(input.shape, weight.shape, pad_low, pad_high, stride, dilation, groups)
+    return _empty(input, g.output_shape, memory_format_of(input))
+
+
+@torch.library.custom_op("corrmm::corr_grad_input", mutates_args=())
+def corr_grad_input(weight: torch.Tensor, grad_output: torch.Tensor, input_size: List[int], pad_low: List[int],
+                    pad_high: List[int], stride: List[int], dilation: List[int], groups: int,
+                    algo: str) -> torch.Tensor:
+    return corr_grad_input_impl(weight, grad_output, input_size, pad_low, pad_high, stride, dilation, groups, algo)
+
+
+@corr_grad_input.register_fake
+def _(weight, grad_output, input_size, pad_low, pad_high, stride, dilation, groups, algo):
+    check_tensors("corr_grad_input", weight=weight, grad_output=grad_output)
+    g = _grad_input_geometry(weight, grad_output, input_size, pad_low, pad_high, stride, dilation, groups)
+    return _empty(grad_output, g.input_shape, memory_format_of(grad_output))
+
+
+@torch.library.custom_op("corrmm::corr_grad_weight", mutates_args=())
+def corr_grad_weight(input: torch.Tensor, grad_output: torch.Tensor, kernel_size: List[int], pad_low: List[int],
+                     pad_high: List[int], stride: List[int], dilation: List[int], groups: int,
+                     algo: str) -> torch.Tensor:
+    return corr_grad_weight_impl(input, grad_output, kernel_size, pad_low, pad_high, stride, dilation, groups,
+                                 algo)
 
 
 @corr_grad_weight.register_fake
@@ -227,9 +327,9 @@ def _corr_backward(ctx, grad):
     args = ctx.geometry_args
     grad_in = grad_w = None
     if ctx.needs_input_grad[0]:
-        grad_in = torch.ops.corrmm.corr_grad_input(weight, grad, list(input.shape[2:]), *args)
+        grad_in = call_corr_grad_input(weight, grad, list(input.shape[2:]), *args)
     if ctx.needs_input_grad[1]:
-        grad_w = _like(torch.ops.corrmm.corr_grad_weight(input, grad, list(weight.shape[2:]), *args), weight)
+        grad_w = _like(call_corr_grad_weight(input, grad, list(weight.shape[2:]), *args), weight)
     return grad_in, grad_w, None, None, None, None, None, None
 
 
@@ -244,9 +344,9 @@ def _grad_input_backward(ctx, grad):
     args = ctx.geometry_args
     grad_w = grad_dy = None
     if ctx.needs_input_grad[0]:
-        grad_w = torch.ops.corrmm.corr_grad_weight(grad, grad_output, list(weight.shape[2:]), *args)
+        grad_w = call_corr_grad_weight(grad, grad_output, list(weight.shape[2:]), *args)
     if ctx.needs_input_grad[1]:
-        grad_dy = torch.ops.corrmm.corr(grad, weight, *args)
+        grad_dy = call_corr(grad, weight, *args)
     return grad_w, grad_dy, None, None, None, None, None, None, None
 
 
@@ -261,12 +361,96 @@ def _grad_weight_backward(ctx, grad):
     args = ctx.geometry_args
     grad_x = grad_dy = None
     if ctx.needs_input_grad[0]:
-        grad_x = torch.ops.corrmm.corr_grad_input(grad, grad_output, list(input.shape[2:]), *args)
+        grad_x = call_corr_grad_input(grad, grad_output, list(input.shape[2:]), *args)
     if ctx.needs_input_grad[1]:
-        grad_dy = torch.ops.corrmm.corr(input, grad, *args)
+        grad_dy = call_corr(input, grad, *args)
     return grad_x, grad_dy, None, None, None, None, None, None, None
 
 
 corr.register_autograd(_corr_backward, setup_context=_corr_setup)
 corr_grad_input.register_autograd(_grad_input_backward, setup_context=_grad_input_setup)
 corr_grad_weight.register_autograd(_grad_weight_backward, setup_context=_grad_weight_setup)
+
+
+# ---- eager calls without the dispatcher ----------------------------------------------
+#
+# Going through torch.library's dispatcher costs about 135 µs of host time per call
+# (H100 machine, scripts/host_overhead.py), more than a small layer's whole GEMM. An
+# eager call on plain tensors needs none of what it provides, so the public functions
+# call the op bodies directly, through an autograd.Function with the same formulas
+# when a gradient is needed. Anything the dispatcher must see goes through the
+# registered op: torch.compile and FX tracing, tensor subclasses (fake, functional),
+# dispatch or torch-function modes and functorch transforms.
+
+class _CorrFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(input, weight, pad_low, pad_high, stride, dilation, groups, algo):
+        return corr_impl(input, weight, pad_low, pad_high, stride, dilation, groups, algo)
+
+    setup_context = staticmethod(_corr_setup)
+    backward = staticmethod(_corr_backward)
+
+
+class _CorrGradInputFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(weight, grad_output, input_size, pad_low, pad_high, stride, dilation, groups, algo):
+        return corr_grad_input_impl(weight, grad_output, input_size, pad_low, pad_high, stride, dilation, groups,
+                                    algo)
+
+    setup_context = staticmethod(_grad_input_setup)
+    backward = staticmethod(_grad_input_backward)
+
+
+class _CorrGradWeightFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(input, grad_output, kernel_size, pad_low, pad_high, stride, dilation, groups, algo):
+        return corr_grad_weight_impl(input, grad_output, kernel_size, pad_low, pad_high, stride, dilation, groups,
+                                     algo)
+
+    setup_context = staticmethod(_grad_weight_setup)
+    backward = staticmethod(_grad_weight_backward)
+
+
+#: tensor types the op bodies take as they are (Parameter disables __torch_function__)
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
+def needs_dispatcher(a, b) -> bool:
+    """True when the call must go through the registered op (tracing, subclasses, modes, transforms)."""
+    if torch.compiler.is_compiling():
+        return True
+    if type(a) not in _PLAIN_TENSORS or type(b) not in _PLAIN_TENSORS:
+        return True
+    return bool(torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled()
+                or torch._C._functorch.peek_interpreter_stack() is not None)
+
+
+def _differentiating(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
+
+
+def call_corr(input, weight, *args) -> torch.Tensor:
+    """``torch.ops.corrmm.corr(input, weight, *args)``, skipping the dispatcher where nothing needs it."""
+    if needs_dispatcher(input, weight):
+        return torch.ops.corrmm.corr(input, weight, *args)
+    if _differentiating(input, weight):
+        return _CorrFunction.apply(input, weight, *args)
+    return corr_impl(input, weight, *args)
+
+
+def call_corr_grad_input(weight, grad_output, *args) -> torch.Tensor:
+    """``torch.ops.corrmm.corr_grad_input(weight, grad_output, *args)``, likewise."""
+    if needs_dispatcher(weight, grad_output):
+        return torch.ops.corrmm.corr_grad_input(weight, grad_output, *args)
+    if _differentiating(weight, grad_output):
+        return _CorrGradInputFunction.apply(weight, grad_output, *args)
+    return corr_grad_input_impl(weight, grad_output, *args)
+
+
+def call_corr_grad_weight(input, grad_output, *args) -> torch.Tensor:
+    """``torch.ops.corrmm.corr_grad_weight(input, grad_output, *args)``, likewise."""
+    if needs_dispatcher(input, grad_output):
+        return torch.ops.corrmm.corr_grad_weight(input, grad_output, *args)
+    if _differentiating(input, grad_output):
+        return _CorrGradWeightFunction.apply(input, grad_output, *args)
+    return corr_grad_weight_impl(input, grad_output, *args)

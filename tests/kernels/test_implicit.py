@@ -138,6 +138,31 @@ def test_split_k_is_deterministic_and_exact():
     assert torch.equal(first, kgw.grad_weight(x, dy, g, splits=3))
 
 
+def test_repeated_calls_reuse_the_launch_and_stay_correct():
+    """After the first call a problem launches its compiled kernel directly (on a GPU): fresh data each
+    time must still give the reference, and so must operands whose storage is not 16-byte aligned,
+    which Triton compiles differently and which take Triton's own path."""
+    g = geometry(3, 16, 8, (9, 7), (3, 3), ((1, 1), (1, 1)), (1, 1), (1, 1))
+    for round in range(3):
+        check_passes(g, key=f"repeat{round}", splits=2)
+
+    def unaligned(t):  # the same values one element into a larger buffer: data_ptr % 16 != 0
+        buffer = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+        return buffer[1:].view(t.shape).copy_(t)
+    for round in range(2):
+        check_passes(g, key=f"unaligned{round}", layout=unaligned, splits=2)
+    check_passes(g, key="aligned-again", splits=2)
+
+
+def test_kernel_launch_signature():
+    """KernelLaunch maps the tuned config and constexprs onto the kernel's own argument order."""
+    launch = kf._launch(*(torch.empty(s, device=DEVICE) for s in ((1, 2, 3, 3), (2, 2, 1, 1), (1, 2, 3, 3))),
+                        geometry(1, 2, 2, (3, 3), (1, 1)), None)
+    jit = launch.kernel.fn
+    assert jit.arg_names[:3] == ["x_ptr", "w_ptr", "y_ptr"]
+    assert len(jit.arg_names) == 3 + len(launch.scalars) + len(launch.meta) + 3  # + BLOCK_M/N/K from the config
+
+
 def test_split_policy():
     choose = kgw.choose_splits
     sms = common.sm_count(DEVICE)

@@ -167,9 +167,17 @@ def forward(x: torch.Tensor, w: torch.Tensor, g: ConvGeometry, flat: bool = None
     """
     assert g.ndim == 2 and x.dim() == 4 and w.dim() == 4, "implicit kernels take 2-D problems (1-D as H = 1)"
     x, w = prepare_operands(x, w)
+    y = common.new_nhwc(x, g.output_shape)
+    key = ("forward", g, x.stride(), w.stride(), x.dtype, x.device, flat, common.dot_precision(x.dtype))
+    launch = common.planned(key, lambda: _launch(x, w, y, g, flat))
+    launch(x, w, y)
+    return y
+
+
+def _launch(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, g: ConvGeometry, flat) -> common.KernelLaunch:
+    """The kernel's arguments for this problem, derived once."""
     (H, W), (R, S), (P, Q) = g.in_size, g.kernel, g.out_size
     N, Cg, Kg, G = g.batch, g.channels_per_group, g.filters_per_group, g.groups
-    y = common.new_nhwc(x, g.output_shape)
     if flat is None:
         flat = use_flat_reduction(Cg)
     pads = [0, 0, sum(g.padding[0]), sum(g.padding[1])]
@@ -179,16 +187,15 @@ def forward(x: torch.Tensor, w: torch.Tensor, g: ConvGeometry, flat: bool = None
     def grid(meta):
         return (common.cdiv(M, meta["BLOCK_M"]) * common.cdiv(Kg, meta["BLOCK_N"]), G)
 
-    implicit_forward_kernel[grid](
-        x, w, y,
+    scalars = (
         N, H, W, P, Q, Cg, Kg, R, S,
         g.stride[0], g.stride[1], g.dilation[0], g.dilation[1], g.pad_low[0], g.pad_low[1],
         *x.stride(), *w.stride(), *y.stride(),
         common.bucket(M), common.bucket(Kg), common.bucket(Cg * R * S),
-        FLAT_K=flat, WIDE_INDEX=wide, INPUT_PRECISION=common.dot_precision(x.dtype),
-        UPCAST=common.upcast_operands(x.dtype), ACC_DTYPE=common.accumulator_dtype(x.dtype),
     )
-    return y
+    meta = dict(FLAT_K=flat, WIDE_INDEX=wide, INPUT_PRECISION=common.dot_precision(x.dtype),
+                UPCAST=common.upcast_operands(x.dtype), ACC_DTYPE=common.accumulator_dtype(x.dtype))
+    return common.KernelLaunch(implicit_forward_kernel, grid, scalars, meta)
 
 
 def forward_reference(x: torch.Tensor, w: torch.Tensor, g: ConvGeometry) -> torch.Tensor:

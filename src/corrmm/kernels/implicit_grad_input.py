@@ -170,10 +170,18 @@ def grad_input(w: torch.Tensor, dy: torch.Tensor, g: ConvGeometry) -> torch.Tens
     """dx (N, C, H, W) from w (K, C/G, R, S) and dy (N, K, P, Q); 2-D geometry; result NHWC."""
     assert g.ndim == 2 and w.dim() == 4 and dy.dim() == 4, "implicit kernels take 2-D problems (1-D as H = 1)"
     w, dy = prepare_operands(w, dy)
+    dx = common.new_nhwc(dy, g.input_shape)
+    key = ("grad_input", g, w.stride(), dy.stride(), dy.dtype, dy.device, common.dot_precision(dy.dtype))
+    launch = common.planned(key, lambda: _launch(w, dy, dx, g))
+    launch(dy, w, dx)
+    return dx
+
+
+def _launch(w: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, g: ConvGeometry) -> common.KernelLaunch:
+    """The kernel's arguments for this problem, derived once."""
     (H, W), (R, S), (P, Q) = g.in_size, g.kernel, g.out_size
     (sh, sw), (dh, dw) = g.stride, g.dilation
     N, Cg, Kg, G = g.batch, g.channels_per_group, g.filters_per_group, g.groups
-    dx = common.new_nhwc(dy, g.input_shape)
     tap_step_h, tap_step_w = sh // math.gcd(sh, dh), sw // math.gcd(sw, dw)
     # rows of dy may be addressed up to (H + pads + R·dh) positions away before masking
     reach = [0, 0, H + sum(g.padding[0]) + R * dh, W + sum(g.padding[1]) + S * dw]
@@ -183,17 +191,16 @@ def grad_input(w: torch.Tensor, dy: torch.Tensor, g: ConvGeometry) -> torch.Tens
     def grid(meta):
         return (common.cdiv(rows_per_phase, meta["BLOCK_M"]) * common.cdiv(Cg, meta["BLOCK_N"]), G * sh * sw)
 
-    implicit_grad_input_kernel[grid](
-        dy, w, dx,
+    scalars = (
         N, H, W, P, Q, Cg, Kg, R, S,
         sh, sw, dh, dw, g.pad_low[0], g.pad_low[1], tap_step_h, tap_step_w,
         *dy.stride(), *w.stride(), *dx.stride(),
         common.bucket(rows_per_phase), common.bucket(Cg),
         common.bucket(Kg * common.cdiv(R, tap_step_h) * common.cdiv(S, tap_step_w)),
-        WIDE_INDEX=wide, INPUT_PRECISION=common.dot_precision(dy.dtype),
-        UPCAST=common.upcast_operands(dy.dtype), ACC_DTYPE=common.accumulator_dtype(dy.dtype),
     )
-    return dx
+    meta = dict(WIDE_INDEX=wide, INPUT_PRECISION=common.dot_precision(dy.dtype),
+                UPCAST=common.upcast_operands(dy.dtype), ACC_DTYPE=common.accumulator_dtype(dy.dtype))
+    return common.KernelLaunch(implicit_grad_input_kernel, grid, scalars, meta)
 
 
 def grad_input_reference(w: torch.Tensor, dy: torch.Tensor, g: ConvGeometry) -> torch.Tensor:

@@ -242,7 +242,7 @@ def use_flat_columns(channels_per_group: int) -> bool:
 
 
 def grad_weight(x: torch.Tensor, dy: torch.Tensor, g: ConvGeometry, splits: int = None,
-                         flat: bool = None) -> torch.Tensor:
+                flat: bool = None) -> torch.Tensor:
     """dw (K, C/G, R, S) from x (N, C, H, W) and dy (N, K, P, Q); 2-D geometry.
 
     The result is dense with channels innermost (channels_last). ``splits`` and
@@ -250,57 +250,75 @@ def grad_weight(x: torch.Tensor, dy: torch.Tensor, g: ConvGeometry, splits: int 
     """
     assert g.ndim == 2 and x.dim() == 4 and dy.dim() == 4, "implicit kernels take 2-D problems (1-D as H = 1)"
     x, dy = prepare_operands(x, dy)
-    (H, W), (R, S), (P, Q) = g.in_size, g.kernel, g.out_size
-    N, Cg, Kg, G = g.batch, g.channels_per_group, g.filters_per_group, g.groups
-    if flat is None:
-        flat = use_flat_columns(Cg)
-    dw = common.new_nhwc(x, g.weight_shape)
-    reduction = N * P * Q
-    patch = Cg * R * S
-    if splits is None:
-        tiles = common.cdiv(Kg, _MODEL_TILE) * common.cdiv(patch, _MODEL_TILE) * G
-        splits = choose_splits(tiles, reduction, dw.numel(), dw.element_size(), x.device)
-    # a multiple of 256 is a multiple of every BLOCK_K, so only the last split has a ragged end
-    k_per_split = common.cdiv(common.cdiv(reduction, splits), 256) * 256
-    splits = common.cdiv(reduction, k_per_split)
-    if splits > 1:
-        acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    key = ("grad_weight", g, x.stride(), dy.stride(), x.dtype, x.device, splits, flat,
+           common.dot_precision(x.dtype), config.workspace_limit())
+    plan = common.planned(key, lambda: _GradWeightPlan(x, dy, g, splits, flat))
+    return plan(x, dy)
+
+
+class _GradWeightPlan:
+    """The two launches of one weight-gradient problem (GEMM with split-K, then the fixed-order sum)."""
+
+    def __init__(self, x: torch.Tensor, dy: torch.Tensor, g: ConvGeometry, splits, flat):
+        (H, W), (R, S), (P, Q) = g.in_size, g.kernel, g.out_size
+        N, Cg, Kg, G = g.batch, g.channels_per_group, g.filters_per_group, g.groups
+        if flat is None:
+            flat = use_flat_columns(Cg)
+        self.weight_shape = g.weight_shape
+        dw = common.new_nhwc(x, g.weight_shape)
+        reduction = N * P * Q
+        patch = Cg * R * S
+        if splits is None:
+            tiles = common.cdiv(Kg, _MODEL_TILE) * common.cdiv(patch, _MODEL_TILE) * G
+            splits = choose_splits(tiles, reduction, dw.numel(), dw.element_size(), x.device)
+        # a multiple of 256 is a multiple of every BLOCK_K, so only the last split has a ragged end
+        k_per_split = common.cdiv(common.cdiv(reduction, splits), 256) * 256
+        self.splits = splits = common.cdiv(reduction, k_per_split)
         # (splits, K, R, S, Cg) in memory: each split's slice dense in dw's own element order
-        target = torch.empty((splits, g.out_channels, R, S, Cg), dtype=acc_dtype, device=x.device)
-        target = target.permute(0, 1, 4, 2, 3)
-        split_stride = target.stride(0)
-    else:
-        target, split_stride = dw, 0
-    pads = [0, 0, sum(g.padding[0]), sum(g.padding[1])]
-    wide = common.needs_wide_index(common.span(x, pads), common.span(dy), common.span(target), reduction + 256)
+        self.workspace_shape = (splits, g.out_channels, R, S, Cg)
+        self.workspace_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        target = self._workspace(x) if splits > 1 else dw
+        split_stride = target.stride(0) if splits > 1 else 0
+        pads = [0, 0, sum(g.padding[0]), sum(g.padding[1])]
+        wide = common.needs_wide_index(common.span(x, pads), common.span(dy), common.span(target), reduction + 256)
 
-    def grid(meta):
-        if flat:
-            columns = common.cdiv(patch, meta["BLOCK_N"])
-        else:
-            columns = R * S * common.cdiv(Cg, meta["BLOCK_N"])
-        return (splits * common.cdiv(Kg, meta["BLOCK_M"]) * columns, G)
+        def grid(meta):
+            if flat:
+                columns = common.cdiv(patch, meta["BLOCK_N"])
+            else:
+                columns = R * S * common.cdiv(Cg, meta["BLOCK_N"])
+            return (splits * common.cdiv(Kg, meta["BLOCK_M"]) * columns, G)
 
-    implicit_grad_weight_kernel[grid](
-        x, dy, target,
-        N, H, W, P, Q, Cg, Kg, R, S,
-        g.stride[0], g.stride[1], g.dilation[0], g.dilation[1], g.pad_low[0], g.pad_low[1],
-        k_per_split,
-        *x.stride(), *dy.stride(), split_stride, *target.stride()[-4:],
-        # N_BUCKET: a tile's columns span the whole patch when flat, one tap's channels otherwise
-        common.bucket(Kg), common.bucket(patch if flat else Cg), common.bucket(k_per_split),
-        FLAT_N=flat, WIDE_INDEX=wide, INPUT_PRECISION=common.dot_precision(x.dtype),
-        UPCAST=common.upcast_operands(x.dtype), ACC_DTYPE=common.accumulator_dtype(x.dtype),
-    )
-    if splits > 1:
-        numel = dw.numel()
-        block = 1024
-
-        split_sum_kernel[(common.cdiv(numel, block),)](
-            target, dw, numel, splits,
-            WIDE_INDEX=common.needs_wide_index(target.numel() + block), BLOCK=block,
+        scalars = (
+            N, H, W, P, Q, Cg, Kg, R, S,
+            g.stride[0], g.stride[1], g.dilation[0], g.dilation[1], g.pad_low[0], g.pad_low[1],
+            k_per_split,
+            *x.stride(), *dy.stride(), split_stride, *target.stride()[-4:],
+            # N_BUCKET: a tile's columns span the whole patch when flat, one tap's channels otherwise
+            common.bucket(Kg), common.bucket(patch if flat else Cg), common.bucket(k_per_split),
         )
-    return dw
+        meta = dict(FLAT_N=flat, WIDE_INDEX=wide, INPUT_PRECISION=common.dot_precision(x.dtype),
+                    UPCAST=common.upcast_operands(x.dtype), ACC_DTYPE=common.accumulator_dtype(x.dtype))
+        self.gemm = common.KernelLaunch(implicit_grad_weight_kernel, grid, scalars, meta)
+        if splits > 1:
+            numel, block = dw.numel(), 1024
+            self.split_sum = common.KernelLaunch(
+                split_sum_kernel, (common.cdiv(numel, block),), (numel, splits),
+                dict(WIDE_INDEX=common.needs_wide_index(target.numel() + block), BLOCK=block))
+
+    def _workspace(self, like: torch.Tensor) -> torch.Tensor:
+        partials = torch.empty(self.workspace_shape, dtype=self.workspace_dtype, device=like.device)
+        return partials.permute(0, 1, 4, 2, 3)
+
+    def __call__(self, x: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+        dw = common.new_nhwc(x, self.weight_shape)
+        if self.splits > 1:
+            partials = self._workspace(x)
+            self.gemm(x, dy, partials)
+            self.split_sum(partials, dw)
+        else:
+            self.gemm(x, dy, dw)
+        return dw
 
 
 def grad_weight_reference(x: torch.Tensor, dy: torch.Tensor, g: ConvGeometry) -> torch.Tensor:
