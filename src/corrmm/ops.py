@@ -31,6 +31,7 @@ import torch
 from . import selection
 from .algorithms import CHOOSERS, REGISTRY, Algorithm
 from .geometry import ConvGeometry, check_grad_output_shape
+from .layout import to_memory_format
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -144,7 +145,7 @@ class Plan:
             result = algorithm.run(self.pass_name, a, b, self.geometry)
         if result.dtype != a.dtype:
             result = result.to(a.dtype)
-        return result.contiguous(memory_format=self.memory_format)
+        return to_memory_format(result, self.memory_format)
 
 
 _PLANS: Dict[tuple, Plan] = {}

@@ -87,8 +87,12 @@ def as_nhwc(t: torch.Tensor) -> torch.Tensor:
     (R·S times). One copy up front costs a single pass over the tensor. Under the
     interpreter the operand keeps its own strides (the kernels accept any).
     """
-    if INTERPRET or t.dim() != 4:
+    if INTERPRET or t.dim() != 4 or t.is_contiguous(memory_format=torch.channels_last):
         return t
+    if t.is_contiguous():
+        from .transpose import nchw_to_nhwc, supported  # a tiled transpose: torch's strided copy is ~3x slower
+        if supported(t):
+            return nchw_to_nhwc(t)
     return t.contiguous(memory_format=torch.channels_last)
 
 
