@@ -261,6 +261,12 @@ def _run_pass(layer: Layer, spec: DtypeSpec, plan: BenchPlan, pass_name: str, t:
             del out
             m.ms = measure(fn, plan.device, plan.timing)
             m.tflops = flops / (m.ms * 1e-3) / 1e12 if m.ms > 0 else None
+            if plan.check and algo != TORCH and reference is not None and m.status == "ok":
+                # once more after timing: later calls take cached plans and direct launches, checked here too
+                err = _rel_err(fn(), reference)
+                if not err <= spec.tolerance:
+                    m.status = "wrong"
+                    m.detail = f"relative error {err:.2e} against torch after timing (tolerance {spec.tolerance:.0e})"
         except OOM as err:
             m.status, m.detail, m.ms, m.tflops = "oom", _first_line(err), None, None
             _free(plan.device)
