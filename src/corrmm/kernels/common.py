@@ -22,7 +22,6 @@
 from __future__ import annotations
 
 import os
-import weakref
 from typing import Callable, Dict, List, Sequence
 
 import torch
@@ -95,44 +94,6 @@ def as_nhwc(t: torch.Tensor) -> torch.Tensor:
         if supported(t):
             return nchw_to_nhwc(t)
     return t.contiguous(memory_format=torch.channels_last)
-
-
-#: id(weight) -> (weakref to it, its version, its data pointer, the relaid copy), per layout
-_WEIGHT_COPIES: Dict[tuple, tuple] = {}
-_MAX_WEIGHT_COPIES = 512
-
-
-def relaid_weight(w: torch.Tensor, layout: str, relay: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """``relay(w)``, remembered while ``w`` is the same tensor with the same contents.
-
-    A weight is read by the forward pass and again by the input gradient, and in
-    inference by every call, while it changes only when an optimizer writes it;
-    every in-place write bumps the tensor's version counter, and rebinding
-    ``.data`` moves its data pointer, so (identity, version, pointer) tells an
-    unchanged weight. The copy costs one launch and the weight's bytes once per
-    change instead of per call. Nothing is remembered during CUDA-graph capture
-    (a replay must relay the weight it reads) or for tensors the caller could
-    not hand back (non-leaf views are relaid each time).
-    """
-    if w.is_cuda and torch.cuda.is_current_stream_capturing():
-        return relay(w)
-    key = (id(w), layout)
-    entry = _WEIGHT_COPIES.get(key)
-    if entry is not None:
-        ref, version, pointer, copy = entry
-        if ref() is w and w._version == version and w.data_ptr() == pointer:
-            return copy
-    copy = relay(w)
-    if copy is w:
-        return w
-    if len(_WEIGHT_COPIES) >= _MAX_WEIGHT_COPIES:
-        _WEIGHT_COPIES.clear()
-    try:
-        ref = weakref.ref(w, lambda _, key=key: _WEIGHT_COPIES.pop(key, None))
-    except TypeError:  # not weak-referenceable: do not remember
-        return copy
-    _WEIGHT_COPIES[key] = (ref, w._version, w.data_ptr(), copy)
-    return copy
 
 
 def new_nhwc(like: torch.Tensor, shape: Sequence[int], dtype: torch.dtype = None) -> torch.Tensor:
