@@ -156,6 +156,15 @@ def main() -> None:
     text = io.StringIO()
     pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(35)
     lines.append(text.getvalue())
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(300):
+        corrmm.corr2d_grad_input(w_cl, y_cl, (8, 8), border_mode="half", algo="implicit")
+    torch.cuda.synchronize()
+    profile.disable()
+    text = io.StringIO()
+    pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(30)
+    lines.append("grad_input, channels_last:\n" + text.getvalue())
 
     # kernels of L3 bf16 forward through the op, NCHW
     from torch.profiler import ProfilerActivity, profile as tprofile

@@ -29,7 +29,8 @@ convnet suite; PERFORMANCE.md has the table):
   im2col, whose column buffer turns the 3-channel reduction into a long,
   dense one, where the implicit tiles would be mostly padding;
 * the seed's large-kernel predicate (``N·R·S > Cg·P·Q``, S2): swapped for the
-  forward pass and the weight gradient;
+  forward pass (the weight gradient stays with the rules below: implicit for
+  16-bit types, im2col for 32-bit ones, each 1.7x swapped on S2);
 * fft (stride 1, dilation 1) for kernels of 9x9 and more when the direct
   method is weakest: TF32 (L2, L3: the FFT's complex GEMMs run at the same TF32
   rate on far fewer operations), and for the input gradient also
@@ -91,7 +92,7 @@ def _cuda_rule(pass_name: str, g: ConvGeometry, dtype: torch.dtype) -> str:
             return "fft"
         if dtype in (torch.float32, torch.float64):
             return "im2col"  # the implicit weight-gradient tiles read pixels strided: slow for 32-bit operands
-        return "swapped" if large_kernel else "implicit"
+        return "implicit"  # S2 too: 1.65x swapped's speed there (bf16, v4)
     raise ValueError(f"unknown pass {pass_name!r}")
 
 

@@ -96,6 +96,20 @@ def as_nhwc(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last)
 
 
+def new_output(like: torch.Tensor, shape: Sequence[int], dtype: torch.dtype = None) -> torch.Tensor:
+    """A 4-D output in the memory format the caller will want back: ``like``'s (NCHW unless it is
+    channels_last), so no layout copy follows the kernel. The epilogue's stores take any strides;
+    into NCHW they are narrower (consecutive pixels, not channels, are adjacent), a small cost
+    next to a separate transpose pass over the result. NaN-filled when corrmm poisons outputs."""
+    channels_last = like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(
+        memory_format=torch.channels_last)
+    out = torch.empty(tuple(shape), dtype=dtype or like.dtype, device=like.device,
+                      memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if config.poisoning():
+        out.fill_(float("nan"))
+    return out
+
+
 def new_nhwc(like: torch.Tensor, shape: Sequence[int], dtype: torch.dtype = None) -> torch.Tensor:
     """A 4-D output allocated channels-last (NaN-filled when corrmm poisons outputs)."""
     out = torch.empty(tuple(shape), dtype=dtype or like.dtype, device=like.device, memory_format=torch.channels_last)

@@ -4,7 +4,7 @@ Shapes (2-D; 1-D problems arrive as H = 1 views), per group g of G:
 
     x  (N, C, H, W)      any strides (NHWC on a GPU, see common.as_nhwc)
     w  (K, C/G, R, S)    any strides
-    y  (N, K, P, Q)      allocated NHWC: K innermost, so each row of a tile is one store
+    y  (N, K, P, Q)      allocated in x's memory format (common.new_output): no copy afterwards
 
     y[n, g·Kg + k, p, q] = Σ_{c < Cg, r < R, s < S} x[n, g·Cg + c, p·sh + r·dh - ph, q·sw + s·dw - pw]
                                                     · w[g·Kg + k, c, r, s]
@@ -160,15 +160,16 @@ def use_flat_reduction(channels_per_group: int) -> bool:
 
 
 def forward(x: torch.Tensor, w: torch.Tensor, g: ConvGeometry, flat: bool = None) -> torch.Tensor:
-    """y (N, K, P, Q) = corr(x (N, C, H, W), w (K, C/G, R, S)); 2-D geometry; result NHWC.
+    """y (N, K, P, Q) = corr(x (N, C, H, W), w (K, C/G, R, S)); 2-D geometry; result in x's memory format.
 
     ``flat`` forces the flattened-patch reduction on or off (tests); by default it
     is chosen from the channels per group (:func:`use_flat_reduction`).
     """
     assert g.ndim == 2 and x.dim() == 4 and w.dim() == 4, "implicit kernels take 2-D problems (1-D as H = 1)"
+    y = common.new_output(x, g.output_shape)
     x, w = prepare_operands(x, w)
-    y = common.new_nhwc(x, g.output_shape)
-    key = ("forward", g, x.stride(), w.stride(), x.dtype, x.device, flat, common.dot_precision(x.dtype))
+    key = ("forward", g, x.stride(), w.stride(), y.stride(), x.dtype, x.device, flat,
+           common.dot_precision(x.dtype))
     launch = common.planned(key, lambda: _launch(x, w, y, g, flat))
     launch(x, w, y)
     return y

@@ -4,7 +4,7 @@ Shapes (2-D; 1-D problems arrive as H = 1 views), per group g of G:
 
     dy (N, K, P, Q)      any strides (NHWC on a GPU)
     w  (K, C/G, R, S)    any strides
-    dx (N, C, H, W)      allocated NHWC: C innermost
+    dx (N, C, H, W)      allocated in dy's memory format (common.new_output): no copy afterwards
 
     dx[n, g·Cg + c, h, w] = Σ_{k, r, s : p, q integral and in range} dy[n, g·Kg + k, p, q] · w[g·Kg + k, c, r, s]
         with p = (h + ph - r·dh) / sh,  q = (w + pw - s·dw) / sw
@@ -167,11 +167,12 @@ def prepare_operands(w: torch.Tensor, dy: torch.Tensor):
 
 
 def grad_input(w: torch.Tensor, dy: torch.Tensor, g: ConvGeometry) -> torch.Tensor:
-    """dx (N, C, H, W) from w (K, C/G, R, S) and dy (N, K, P, Q); 2-D geometry; result NHWC."""
+    """dx (N, C, H, W) from w (K, C/G, R, S) and dy (N, K, P, Q); 2-D geometry; result in dy's memory format."""
     assert g.ndim == 2 and w.dim() == 4 and dy.dim() == 4, "implicit kernels take 2-D problems (1-D as H = 1)"
+    dx = common.new_output(dy, g.input_shape)
     w, dy = prepare_operands(w, dy)
-    dx = common.new_nhwc(dy, g.input_shape)
-    key = ("grad_input", g, w.stride(), dy.stride(), dy.dtype, dy.device, common.dot_precision(dy.dtype))
+    key = ("grad_input", g, w.stride(), dy.stride(), dx.stride(), dy.dtype, dy.device,
+           common.dot_precision(dy.dtype))
     launch = common.planned(key, lambda: _launch(w, dy, dx, g))
     launch(dy, w, dx)
     return dx
