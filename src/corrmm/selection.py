@@ -88,7 +88,7 @@ def _cuda_rule(pass_name: str, g: ConvGeometry, dtype: torch.dtype) -> str:
     if pass_name == "grad_input":
         return "fft" if fft_fits and (tf32 or few_channels or large_kernel) else "implicit"
     if pass_name == "grad_weight":
-        if fft_fits and tf32 and not few_channels:
+        if fft_fits and tf32 and not few_channels and not large_kernel:  # S2 (5x5 output): im2col, 1.7x
             return "fft"
         if dtype in (torch.float32, torch.float64):
             return "im2col"  # the implicit weight-gradient tiles read pixels strided: slow for 32-bit operands
