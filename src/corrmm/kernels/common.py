@@ -163,6 +163,12 @@ DIRECT_TILES = [
     (256, 16, 64, 8, 3),
     (128, 32, 64, 4, 4),
     (256, 32, 32, 8, 3),
+    # 64 filters or channels (R2: N = 64): taller tiles for more reuse of each B tile
+    (256, 64, 64, 8, 3),
+    (128, 64, 32, 4, 5),
+    # small images (R4, R5, L5: M of a few thousand): more, shorter tiles to fill 132 SMs
+    (64, 128, 64, 4, 3),
+    (64, 256, 64, 8, 3),
 ]
 
 
