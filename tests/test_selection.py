@@ -29,8 +29,13 @@ def _geometry(name):
 
 
 @pytest.mark.parametrize("name,dtype,pass_name,expected", [
-    ("L1", torch.bfloat16, "forward", "im2col"),
-    ("R1", torch.bfloat16, "forward", "im2col"),
+    ("L1", torch.bfloat16, "forward", "implicit"),
+    ("R1", torch.bfloat16, "forward", "implicit"),
+    ("L1", torch.float32, "forward", "im2col"),
+    ("R1", torch.float32, "forward", "im2col"),
+    ("L4", torch.float32, "grad_weight", "fft"),
+    ("L4", torch.float32, "grad_input", "fft"),
+    ("L4", torch.bfloat16, "grad_input", "implicit"),
     ("L3", torch.bfloat16, "forward", "implicit"),
     ("R4", torch.bfloat16, "grad_weight", "implicit"),
     ("S2", torch.bfloat16, "forward", "swapped"),

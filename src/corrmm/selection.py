@@ -23,20 +23,23 @@ buffer:
 convnet suite; PERFORMANCE.md has the table):
 
 * gemm1x1 whenever it applies (R3: fastest in every pass and dtype);
-* the implicit-GEMM kernels by default: they win the compute-bound 3x3 to
-  9x9 layers (L2-L5, R2, R4, R5) in bf16;
-* forward with few channels per group (``Cg < 16``, e.g. RGB input: L1, R1):
+* the implicit-GEMM kernels by default: they win the 3x3 to 9x9 layers
+  (L2-L5, R2, R4, R5) in bf16, and since v4 (outputs written in the caller's
+  layout, tiled transposes) the RGB first layers' forward pass too (L1, R1:
+  1.2x and 2.4x im2col in bf16);
+* forward with few channels per group (``Cg < 16``) in 32/64-bit floats:
   im2col, whose column buffer turns the 3-channel reduction into a long,
-  dense one, where the implicit tiles would be mostly padding;
+  dense cuBLAS GEMM (L1, R1 in TF32: 1.02x-1.05x the implicit kernel);
 * the seed's large-kernel predicate (``N·R·S > Cg·P·Q``, S2): swapped for the
   forward pass (the weight gradient stays with the rules below: implicit for
   16-bit types, im2col for 32-bit ones, each 1.7x swapped on S2);
-* fft (stride 1, dilation 1) for kernels of 9x9 and more when the direct
-  method is weakest: TF32 (L2, L3: the FFT's complex GEMMs run at the same TF32
-  rate on far fewer operations), and for the input gradient also
-  few-channel or large-kernel layers (L1, S2);
+* fft (stride 1, dilation 1) where the direct method is weakest: TF32 forward
+  passes with kernels of 9x9 and more (L2, L3: the FFT's complex GEMMs run at
+  the same TF32 rate on far fewer operations), TF32 gradients from 7x7 on (L4:
+  1.1x-1.9x), and 16-bit input gradients of 9x9+ kernels with few channels
+  or a large kernel (L1, S2);
 * the weight gradient in 32/64-bit floats: im2col (cuBLAS) otherwise, 1.2x-3x
-  the implicit kernel on L4, L5, S1, R1, R4, R5 in TF32.
+  the implicit kernel on L5, S1, R1, R4, R5 in TF32.
 """
 from __future__ import annotations
 
@@ -49,6 +52,7 @@ from .geometry import ConvGeometry
 
 FEW_CHANNELS = 16      # below this many channels per group, implicit tiles are mostly padding
 FFT_MIN_TAPS = 81      # fft pays from 9x9 kernels on
+FFT_MIN_TAPS_TF32_GRADIENTS = 49  # and TF32 gradients from 7x7 on (L4)
 
 
 def seed_rule(pass_name: str, g: ConvGeometry) -> str:
@@ -77,18 +81,20 @@ def _cuda_rule(pass_name: str, g: ConvGeometry, dtype: torch.dtype) -> str:
     taps = math.prod(g.kernel)
     few_channels = g.channels_per_group < FEW_CHANNELS
     large_kernel = g.batch * taps > g.channels_per_group * math.prod(g.out_size)
-    fft_fits = all(s == 1 for s in g.stride) and all(d == 1 for d in g.dilation) and taps >= FFT_MIN_TAPS
+    unit_steps = all(s == 1 for s in g.stride) and all(d == 1 for d in g.dilation)
+    fft_fits = unit_steps and taps >= FFT_MIN_TAPS
     tf32 = dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+    tf32_gradient_fft = tf32 and unit_steps and taps >= FFT_MIN_TAPS_TF32_GRADIENTS
     if pass_name == "forward":
-        if few_channels:
+        if few_channels and dtype in (torch.float32, torch.float64):
             return "im2col"
         if large_kernel:
             return "swapped"
         return "fft" if fft_fits and tf32 else "implicit"
     if pass_name == "grad_input":
-        return "fft" if fft_fits and (tf32 or few_channels or large_kernel) else "implicit"
+        return "fft" if tf32_gradient_fft or (fft_fits and (few_channels or large_kernel)) else "implicit"
     if pass_name == "grad_weight":
-        if fft_fits and tf32 and not few_channels and not large_kernel:  # S2 (5x5 output): im2col, 1.7x
+        if tf32_gradient_fft and not few_channels and not large_kernel:  # S2 (5x5 output): im2col, 1.7x
             return "fft"
         if dtype in (torch.float32, torch.float64):
             return "im2col"  # the implicit weight-gradient tiles read pixels strided: slow for 32-bit operands
