@@ -384,30 +384,19 @@ corr_grad_weight.register_autograd(_grad_weight_backward, setup_context=_grad_we
 # dispatch or torch-function modes and functorch transforms.
 
 class _CorrFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(input, weight, pad_low, pad_high, stride, dilation, groups, algo):
-        return corr_impl(input, weight, pad_low, pad_high, stride, dilation, groups, algo)
-
+    forward = staticmethod(corr_impl)
     setup_context = staticmethod(_corr_setup)
     backward = staticmethod(_corr_backward)
 
 
 class _CorrGradInputFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(weight, grad_output, input_size, pad_low, pad_high, stride, dilation, groups, algo):
-        return corr_grad_input_impl(weight, grad_output, input_size, pad_low, pad_high, stride, dilation, groups,
-                                    algo)
-
+    forward = staticmethod(corr_grad_input_impl)
     setup_context = staticmethod(_grad_input_setup)
     backward = staticmethod(_grad_input_backward)
 
 
 class _CorrGradWeightFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(input, grad_output, kernel_size, pad_low, pad_high, stride, dilation, groups, algo):
-        return corr_grad_weight_impl(input, grad_output, kernel_size, pad_low, pad_high, stride, dilation, groups,
-                                     algo)
-
+    forward = staticmethod(corr_grad_weight_impl)
     setup_context = staticmethod(_grad_weight_setup)
     backward = staticmethod(_grad_weight_backward)
 
@@ -430,28 +419,24 @@ def _differentiating(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
 
 
+def _call(op_name: str, body, function, a, b, *args) -> torch.Tensor:
+    if needs_dispatcher(a, b):
+        return getattr(torch.ops.corrmm, op_name)(a, b, *args)
+    if _differentiating(a, b):
+        return function.apply(a, b, *args)
+    return body(a, b, *args)
+
+
 def call_corr(input, weight, *args) -> torch.Tensor:
     """``torch.ops.corrmm.corr(input, weight, *args)``, skipping the dispatcher where nothing needs it."""
-    if needs_dispatcher(input, weight):
-        return torch.ops.corrmm.corr(input, weight, *args)
-    if _differentiating(input, weight):
-        return _CorrFunction.apply(input, weight, *args)
-    return corr_impl(input, weight, *args)
+    return _call("corr", corr_impl, _CorrFunction, input, weight, *args)
 
 
 def call_corr_grad_input(weight, grad_output, *args) -> torch.Tensor:
     """``torch.ops.corrmm.corr_grad_input(weight, grad_output, *args)``, likewise."""
-    if needs_dispatcher(weight, grad_output):
-        return torch.ops.corrmm.corr_grad_input(weight, grad_output, *args)
-    if _differentiating(weight, grad_output):
-        return _CorrGradInputFunction.apply(weight, grad_output, *args)
-    return corr_grad_input_impl(weight, grad_output, *args)
+    return _call("corr_grad_input", corr_grad_input_impl, _CorrGradInputFunction, weight, grad_output, *args)
 
 
 def call_corr_grad_weight(input, grad_output, *args) -> torch.Tensor:
     """``torch.ops.corrmm.corr_grad_weight(input, grad_output, *args)``, likewise."""
-    if needs_dispatcher(input, grad_output):
-        return torch.ops.corrmm.corr_grad_weight(input, grad_output, *args)
-    if _differentiating(input, grad_output):
-        return _CorrGradWeightFunction.apply(input, grad_output, *args)
-    return corr_grad_weight_impl(input, grad_output, *args)
+    return _call("corr_grad_weight", corr_grad_weight_impl, _CorrGradWeightFunction, input, grad_output, *args)
