@@ -137,7 +137,7 @@ class Plan:
     def execute(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if self.geometry.is_empty:  # a zero batch, channel or filter count: nothing to multiply
             return a.new_zeros(self.shape).contiguous(memory_format=self.memory_format)
-        algorithm = self.algorithm or selection.resolve("tune", self.pass_name, self.geometry, a.device, a.dtype)
+        algorithm = self.algorithm or selection.tuned(self.pass_name, self.geometry, a.device, a.dtype)
         if self.follows_tf32_switch:
             with matmul_precision_like_convolution(a):
                 result = algorithm.run(self.pass_name, a, b, self.geometry)

@@ -126,3 +126,11 @@ def resolve(algo: str, pass_name: str, geometry: ConvGeometry, device: torch.dev
     if reasons:
         raise ValueError(f"algo {algo!r} cannot run this {pass_name} pass: " + "; ".join(reasons))
     return algorithm
+
+
+def tuned(pass_name: str, geometry: ConvGeometry, device: torch.device, dtype: torch.dtype) -> algorithms.Algorithm:
+    """The algorithm ``tune`` picks, on the hot path of a planned call: the tuner only ever returns
+    supported choices (it times supported candidates, checks remembered ones, else falls back to auto)."""
+    from . import tuning
+
+    return algorithms.get(tuning.choose(pass_name, geometry, device, dtype))

@@ -64,6 +64,8 @@ HOPELESS_FACTOR = 20.0
 _lock = threading.Lock()
 _memory: Dict[str, str] = {}
 _memory_path: Optional[Path] = None
+#: choices by a cheap tuple key (the string key and the cache path cost ~30 µs per call to build)
+_recent: Dict[tuple, str] = {}
 _local = threading.local()
 
 
@@ -160,6 +162,7 @@ def clear_cache(disk: bool = False) -> None:
     global _memory_path
     with _lock:
         _memory.clear()
+        _recent.clear()
         _memory_path = None
         if disk:
             with contextlib.suppress(OSError):
@@ -304,8 +307,13 @@ def choose(pass_name: str, geometry: ConvGeometry, device: torch.device, dtype: 
     from .selection import auto_choice
 
     device = torch.device(device)
+    recall = _recall_key(pass_name, geometry, device, dtype)
+    name = _recent.get(recall)
+    if name is not None:
+        return name
     cached = lookup(pass_name, geometry, device, dtype)
     if cached is not None:
+        _recent[recall] = cached
         return cached
     if getattr(_local, "active", False) or _capturing(device):
         return auto_choice(pass_name, geometry, device, dtype)
@@ -321,8 +329,16 @@ def choose(pass_name: str, geometry: ConvGeometry, device: torch.device, dtype: 
     path = cache_path()
     with _lock:
         _memory[key] = best
+        _recent[recall] = best
     _write_entry(path, key, {"algo": best, "ms": {name: round(t * 1e3, 6) for name, t in timings.items()}})
     return best
+
+
+def _recall_key(pass_name: str, geometry: ConvGeometry, device: torch.device, dtype: torch.dtype) -> tuple:
+    """Everything ``cache_key`` and ``cache_path`` depend on, as a tuple that is cheap to build."""
+    env = os.environ
+    return (pass_name, geometry, device, dtype, _tf32(device, dtype), torch.get_num_threads(),
+            env.get("CORRMM_CACHE_DIR"), env.get("XDG_CACHE_HOME"), env.get("HOME"))
 
 
 __all__ = ["cache_path", "clear_cache", "choose", "lookup", "benchmark", "candidates", "cache_key",
