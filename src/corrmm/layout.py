@@ -1,7 +1,9 @@
 """Memory-format changes of results: NHWC <-> NCHW through a tiled transpose where one is available.
 
-The implicit-GEMM kernels compute in NHWC, and a result goes back in its
-argument's memory format. On a GPU with Triton installed the 4-D conversions
+The implicit-GEMM kernels read NHWC; the forward and input-gradient kernels
+write their result in the caller's layout already, while the weight gradient
+(and any algorithm's result in another layout) goes back in its argument's
+memory format through here. On a GPU with Triton installed the 4-D conversions
 run through :mod:`corrmm.kernels.transpose` (coalesced on both sides); anywhere
 else, and for other ranks, torch's own copy.
 """
