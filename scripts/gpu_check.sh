@@ -8,10 +8,14 @@
 #   scripts/gpu_check.sh --tests-only
 #   scripts/gpu_check.sh --bench-only --quick --layers L1,S2,R1
 #   scripts/gpu_check.sh -- --dtype bf16      # everything after -- goes to bench
+#   CORRMM_AUTOTUNE=0 scripts/gpu_check.sh --tests-only   # one tile config per kernel: no
+#                                             # autotuning for every new test shape, which dominates the run
+#
+# The benchmark phase also runs scripts/host_overhead.py (host µs per call, layer by layer).
 #
 # Unrecognised arguments are passed to `corrmm bench` too. PYTEST_ARGS adds
 # pytest options (default: -q -x). Logs and results land in $OUT (default ./out):
-# env.log, tests.log, bench.log, bench.json, bench.png.
+# env.log, tests.log, host.log, host_overhead.log, bench.log, bench.json, bench.png.
 # Exit status: non-zero if the tests or the benchmark failed; both run either way.
 set -uo pipefail
 
@@ -29,7 +33,7 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
         --tests-only) run_bench=0 ;;
         --bench-only) run_tests=0 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         --) shift; bench_args+=("$@"); break ;;
         *) bench_args+=("$1") ;;
     esac
@@ -69,6 +73,7 @@ fi
 bench_status=0
 if [[ $run_bench == 1 ]]; then
     # defaults first: a --dtype among the extra arguments overrides ours (argparse keeps the last)
+    python3 scripts/host_overhead.py --out "$OUT" > "$OUT/host.log" 2>&1 || echo "host_overhead.py failed (see host.log)"
     python3 -m corrmm bench --dtype bf16 tf32 --json "$OUT/bench.json" --plot "$OUT/bench.png" \
         ${bench_args[@]+"${bench_args[@]}"} 2>&1 | tee "$OUT/bench.log"
     bench_status=$?
