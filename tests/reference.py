@@ -6,9 +6,11 @@ it); the default is the CPU.
 import os
 import zlib
 
+import pytest
 import torch
 import torch.nn.functional as F
 
+import corrmm
 from corrmm.algorithms import REGISTRY
 
 
@@ -92,3 +94,13 @@ def refused(algo: str, err: ValueError) -> bool:
         return False
     assert algo not in UNIVERSAL, f"{algo} must serve every case: {err}"
     return True
+
+
+def assert_every_pass_refuses(algo: str, x, w, y, words: str, **kwargs) -> None:
+    """All three 2-D passes of ``algo`` raise a ValueError naming the algorithm and ``words``."""
+    with pytest.raises(ValueError, match=f"{algo}.*{words}"):
+        corrmm.corr2d(x, w, algo=algo, **kwargs)
+    with pytest.raises(ValueError, match=f"{algo}.*{words}"):
+        corrmm.corr2d_grad_input(w, y, x.shape[2:], algo=algo, **kwargs)
+    with pytest.raises(ValueError, match=f"{algo}.*{words}"):
+        corrmm.corr2d_grad_weight(x, y, w.shape[2:], algo=algo, **kwargs)

@@ -20,6 +20,15 @@ def _have_triton() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+def memory_format_of(t: torch.Tensor) -> torch.memory_format:
+    """channels_last(_3d) when ``t`` is stored that way (and not also plain contiguous)."""
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if t.dim() == 5 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
 def to_memory_format(t: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
     """``t.contiguous(memory_format=memory_format)``, with the fast path for 4-D CUDA NHWC -> NCHW."""
     if t.is_contiguous(memory_format=memory_format):

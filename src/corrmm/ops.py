@@ -31,7 +31,7 @@ import torch
 from . import selection
 from .algorithms import CHOOSERS, REGISTRY, Algorithm
 from .geometry import ConvGeometry, check_grad_output_shape
-from .layout import to_memory_format
+from .layout import memory_format_of, to_memory_format
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -91,15 +91,6 @@ def build_geometry(input_shape: Sequence[int], weight_shape: Sequence[int], pad_
 
 
 # ---- helpers --------------------------------------------------------------------
-
-def memory_format_of(t: torch.Tensor) -> torch.memory_format:
-    """channels_last(_3d) when ``t`` is stored that way (and not also plain contiguous)."""
-    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    if t.dim() == 5 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last_3d):
-        return torch.channels_last_3d
-    return torch.contiguous_format
-
 
 @contextlib.contextmanager
 def matmul_precision_like_convolution(t: torch.Tensor):

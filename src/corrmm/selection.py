@@ -115,12 +115,10 @@ def auto_choice(pass_name: str, geometry: ConvGeometry, device: torch.device, dt
 def resolve(algo: str, pass_name: str, geometry: ConvGeometry, device: torch.device,
             dtype: torch.dtype) -> algorithms.Algorithm:
     """The algorithm object that runs ``pass_name`` for ``algo`` (a name, ``auto`` or ``tune``)."""
+    if algo == "tune":
+        return tuned(pass_name, geometry, device, dtype)
     if algo == "auto":
         algo = auto_choice(pass_name, geometry, device, dtype)
-    elif algo == "tune":
-        from . import tuning  # imported on first use: it times algorithms, which the auto path never needs
-
-        algo = tuning.choose(pass_name, geometry, device, dtype)
     algorithm = algorithms.get(algo)
     reasons = algorithm.not_supported_reasons(geometry, pass_name, device, dtype)
     if reasons:
@@ -131,6 +129,6 @@ def resolve(algo: str, pass_name: str, geometry: ConvGeometry, device: torch.dev
 def tuned(pass_name: str, geometry: ConvGeometry, device: torch.device, dtype: torch.dtype) -> algorithms.Algorithm:
     """The algorithm ``tune`` picks, on the hot path of a planned call: the tuner only ever returns
     supported choices (it times supported candidates, checks remembered ones, else falls back to auto)."""
-    from . import tuning
+    from . import tuning  # imported on first use: it times algorithms, which the auto path never needs
 
     return algorithms.get(tuning.choose(pass_name, geometry, device, dtype))

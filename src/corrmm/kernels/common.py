@@ -30,6 +30,7 @@ import triton.language as tl
 from triton.runtime.autotuner import Autotuner
 
 from .. import config
+from ..layout import memory_format_of
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -101,18 +102,16 @@ def new_output(like: torch.Tensor, shape: Sequence[int], dtype: torch.dtype = No
     channels_last), so no layout copy follows the kernel. The epilogue's stores take any strides;
     into NCHW they are narrower (consecutive pixels, not channels, are adjacent), a small cost
     next to a separate transpose pass over the result. NaN-filled when corrmm poisons outputs."""
-    channels_last = like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(
-        memory_format=torch.channels_last)
-    out = torch.empty(tuple(shape), dtype=dtype or like.dtype, device=like.device,
-                      memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    if config.poisoning():
-        out.fill_(float("nan"))
-    return out
+    return _allocate(like, shape, dtype, memory_format_of(like))
 
 
 def new_nhwc(like: torch.Tensor, shape: Sequence[int], dtype: torch.dtype = None) -> torch.Tensor:
     """A 4-D output allocated channels-last (NaN-filled when corrmm poisons outputs)."""
-    out = torch.empty(tuple(shape), dtype=dtype or like.dtype, device=like.device, memory_format=torch.channels_last)
+    return _allocate(like, shape, dtype, torch.channels_last)
+
+
+def _allocate(like: torch.Tensor, shape: Sequence[int], dtype, memory_format) -> torch.Tensor:
+    out = torch.empty(tuple(shape), dtype=dtype or like.dtype, device=like.device, memory_format=memory_format)
     if config.poisoning():
         out.fill_(float("nan"))
     return out
