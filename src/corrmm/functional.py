@@ -63,10 +63,18 @@ def _op_args(g: ConvGeometry, algo: str):
     return list(g.pad_low), list(g.pad_high), list(g.stride), list(g.dilation), g.groups, algo
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """``torch.is_autocast_enabled``, False on devices autocast does not know (meta)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # "unknown device type for autocast"
+        return False
+
+
 def _autocast(*tensors):
     """Under ``torch.autocast``, compute in the autocast dtype, as torch's convolutions do."""
     first = tensors[0]
-    if not isinstance(first, torch.Tensor) or not torch.is_autocast_enabled(first.device.type):
+    if not isinstance(first, torch.Tensor) or not autocast_enabled(first.device.type):
         return tensors
     dtype = torch.get_autocast_dtype(first.device.type)
     return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors)

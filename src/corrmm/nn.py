@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
+from .functional import autocast_enabled
 from .ops import check_algo
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d"]
@@ -60,7 +61,7 @@ def _autocast(*tensors: Optional[torch.Tensor]):
     """
     first = tensors[0]
     device_type = first.device.type
-    if not torch.is_autocast_enabled(device_type):
+    if not autocast_enabled(device_type):
         return tensors
     dtype = torch.get_autocast_dtype(device_type)
     return tuple(t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 
 from . import selection
 from .algorithms import CHOOSERS, REGISTRY, Algorithm
@@ -139,6 +140,13 @@ class Plan:
         return to_memory_format(result, self.memory_format)
 
 
+class ShapeOnlyPlan(Plan):
+    """The plan for meta tensors: the result's shape, dtype and memory format, with nothing computed."""
+
+    def execute(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return _empty(a, self.shape, self.memory_format)
+
+
 _PLANS: Dict[tuple, Plan] = {}
 _MAX_PLANS = 4096
 
@@ -170,6 +178,8 @@ def _plan(key, build) -> Plan:
 
 def _make_plan(pass_name: str, a: torch.Tensor, geometry: ConvGeometry, algo: str, shape,
                memory_format) -> Plan:
+    if a.device.type == "meta":
+        return ShapeOnlyPlan(pass_name, geometry, None, tuple(shape), memory_format, False)
     algorithm = None
     if algo != "tune" and not geometry.is_empty:
         algorithm = selection.resolve(algo, pass_name, geometry, a.device, a.dtype)
@@ -301,15 +311,24 @@ def _save_geometry(ctx, pad_low, pad_high, stride, dilation, groups, algo):
     ctx.geometry_args = (list(pad_low), list(pad_high), list(stride), list(dilation), groups, algo)
 
 
+def _save_operands(ctx, a: torch.Tensor, b: torch.Tensor) -> None:
+    """Both operands, for backward (the gradients) and for forward-mode AD (the tangent)."""
+    ctx.save_for_backward(a, b)
+    ctx.save_for_forward(a, b)
+
+
 def _corr_setup(ctx, inputs, output):
     input, weight, *rest = inputs
-    ctx.save_for_backward(input, weight)
+    _save_operands(ctx, input, weight)
     _save_geometry(ctx, *rest)
 
 
 def _like(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    """The gradient laid out with its parameter's strides (what DDP's buckets and optimizers expect)."""
-    if grad.stride() == param.stride():
+    """The gradient laid out with its parameter's strides (what DDP's buckets and optimizers expect).
+
+    Under torch.func transforms the gradient is an intermediate value (and may be
+    batched where the parameter is not), so it is left as it is."""
+    if grad.stride() == param.stride() or torch._C._are_functorch_transforms_active():
         return grad
     return torch.empty_like(param).copy_(grad)  # empty_like keeps a dense parameter's strides
 
@@ -326,8 +345,9 @@ def _corr_backward(ctx, grad):
 
 
 def _grad_input_setup(ctx, inputs, output):
-    weight, grad_output, _input_size, *rest = inputs
-    ctx.save_for_backward(weight, grad_output)
+    weight, grad_output, input_size, *rest = inputs
+    _save_operands(ctx, weight, grad_output)
+    ctx.size = list(input_size)
     _save_geometry(ctx, *rest)
 
 
@@ -343,8 +363,9 @@ def _grad_input_backward(ctx, grad):
 
 
 def _grad_weight_setup(ctx, inputs, output):
-    input, grad_output, _kernel_size, *rest = inputs
-    ctx.save_for_backward(input, grad_output)
+    input, grad_output, kernel_size, *rest = inputs
+    _save_operands(ctx, input, grad_output)
+    ctx.size = list(kernel_size)
     _save_geometry(ctx, *rest)
 
 
@@ -364,41 +385,180 @@ corr_grad_input.register_autograd(_grad_input_backward, setup_context=_grad_inpu
 corr_grad_weight.register_autograd(_grad_weight_backward, setup_context=_grad_weight_setup)
 
 
-# ---- eager calls without the dispatcher ----------------------------------------------
+# ---- forward-mode AD: each op is bilinear ----------------------------------------
+#
+# op(a + ta, b + tb) = op(a, b) + op(ta, b) + op(a, tb) + op(ta, tb), so the
+# tangent of op(a, b) is op(ta, b) + op(a, tb), written with the same op (and
+# therefore differentiable again, in either mode). No algorithm's internals are
+# ever differentiated.
+
+def _bilinear_tangent(call, a, b, t_a, t_b, *args):
+    tangent = None
+    if t_a is not None:
+        tangent = call(t_a, b, *args)
+    if t_b is not None:
+        term = call(a, t_b, *args)
+        tangent = term if tangent is None else tangent + term
+    return tangent
+
+
+def _corr_jvp(ctx, t_input, t_weight, *_):
+    input, weight = ctx.saved_tensors
+    return _bilinear_tangent(call_corr, input, weight, t_input, t_weight, *ctx.geometry_args)
+
+
+def _grad_input_jvp(ctx, t_weight, t_grad_output, *_):
+    weight, grad_output = ctx.saved_tensors
+    return _bilinear_tangent(call_corr_grad_input, weight, grad_output, t_weight, t_grad_output, ctx.size,
+                             *ctx.geometry_args)
+
+
+def _grad_weight_jvp(ctx, t_input, t_grad_output, *_):
+    input, grad_output = ctx.saved_tensors
+    return _bilinear_tangent(call_corr_grad_weight, input, grad_output, t_input, t_grad_output, ctx.size,
+                             *ctx.geometry_args)
+
+
+# ---- vmap: the vmapped dimension folded into the batch, the channels or the groups ------
+#
+# Under torch.vmap each op runs once on a reshaped problem, never once per vmapped
+# entry. With B the vmapped size and g the groups:
+#
+#   only an image is vmapped (corr's input, corr_grad_input's grad_output): B joins
+#       the batch, (B, N) -> B*N.
+#   only a filter-like argument is vmapped (corr's weight, corr_grad_input's weight,
+#       either argument of corr_grad_weight, whose batch is summed over): B joins
+#       that argument's channels inside each group, (B, g, C/g) -> (g, B*C/g), and
+#       the result's channels split back the same way.
+#   both are vmapped: B joins the groups, (B, g) -> B*g groups, so each vmapped
+#       entry is its own independent problem.
+#
+# The unvmapped argument is used as it is, never copied B times. This is what
+# torch's own convolution batching rule does.
+
+def _join(t: torch.Tensor, dim: int, groups: int) -> torch.Tensor:
+    """(B, ..., D at ``dim`` + 1, ...) -> (..., g*B*(D/g) at ``dim``, ...): B inside each of ``groups`` groups."""
+    t = t.unflatten(dim + 1, (groups, -1))   # (B, ..., g, D/g, ...)
+    t = t.movedim(0, dim + 1)                # (..., g, B, D/g, ...)
+    return t.flatten(dim, dim + 2)
+
+
+def _split(t: torch.Tensor, dim: int, groups: int, batch: int) -> torch.Tensor:
+    """The inverse of :func:`_join`: (..., g*B*(D/g) at ``dim``, ...) -> (B, ..., D, ...)."""
+    t = t.unflatten(dim, (groups, batch, -1))  # (..., g, B, D/g, ...)
+    t = t.movedim(dim + 1, 0)                  # (B, ..., g, D/g, ...)
+    return t.flatten(dim + 1, dim + 2)
+
+
+def _vmap_rule(call, sized: bool, a_only, b_only, both):
+    """A batching rule for one op, from where B goes in each case.
+
+    ``a_only``/``b_only``: (dim of the vmapped argument that B joins, whether inside
+    each group, dim of the result that B leaves, whether inside each group);
+    ``both``: (dim of a, dim of b, dim of the result), B joining the groups."""
+
+    def rule(info, in_dims, a, b, *args):
+        a_dim, b_dim = in_dims[:2]
+        size = list(args[:1]) if sized else []
+        pad_low, pad_high, stride, dilation, groups, algo = args[1:] if sized else args
+        geometry = (pad_low, pad_high, stride, dilation)
+        batch = info.batch_size
+        if a_dim is None and b_dim is None:
+            return call(a, b, *args), None
+        if a_dim is not None:
+            a = a.movedim(a_dim, 0)
+        if b_dim is not None:
+            b = b.movedim(b_dim, 0)
+        if b_dim is None or a_dim is None:
+            join, grouped, out_dim, out_grouped = a_only if b_dim is None else b_only
+            g = groups if grouped else 1
+            if b_dim is None:
+                a = _join(a, join, g)
+            else:
+                b = _join(b, join, g)
+            out = call(a, b, *size, *geometry, groups, algo)
+            return _split(out, out_dim, groups if out_grouped else 1, batch), 0
+        a_join, b_join, out_dim = both
+        out = call(_join(a, a_join, 1), _join(b, b_join, 1), *size, *geometry, batch * groups, algo)
+        return _split(out, out_dim, 1, batch), 0
+
+    return rule
+
+
+#                                   a_only          b_only          both
+_corr_vmap = _vmap_rule(
+    lambda *args: call_corr(*args), False, (0, False, 0, False), (0, True, 1, True), (1, 0, 1))
+_grad_input_vmap = _vmap_rule(
+    lambda *args: call_corr_grad_input(*args), True, (1, False, 1, True), (0, False, 0, False), (0, 1, 1))
+_grad_weight_vmap = _vmap_rule(
+    lambda *args: call_corr_grad_weight(*args), True, (1, True, 1, False), (1, True, 0, True), (1, 1, 0))
+
+torch.library.register_vmap("corrmm::corr", _corr_vmap)
+torch.library.register_vmap("corrmm::corr_grad_input", _grad_input_vmap)
+torch.library.register_vmap("corrmm::corr_grad_weight", _grad_weight_vmap)
+
+
+# ---- calling the ops: eager calls without the dispatcher, transforms through autograd.Functions ------
 #
 # Going through torch.library's dispatcher costs about 135 µs of host time per call
 # (H100 machine, scripts/host_overhead.py), more than a small layer's whole GEMM. An
 # eager call on plain tensors needs none of what it provides, so the public functions
 # call the op bodies directly, through an autograd.Function with the same formulas
-# when a gradient is needed. Anything the dispatcher must see goes through the
-# registered op: torch.compile and FX tracing, tensor subclasses (fake, functional),
-# dispatch or torch-function modes and functorch transforms.
+# when a gradient is needed.
+#
+# The same autograd.Functions carry what the registered ops cannot: a jvp rule
+# (forward-mode AD) and the functorch protocol (setup_context, vmap), so they take
+# every call made under torch.func transforms or torch.autograd.forward_ad. Their
+# forward calls the op again one level down, so no algorithm is ever differentiated
+# or vmapped from inside. Under torch.compile, torch.jit.trace, tensor subclasses
+# (fake, functional) and dispatch or torch-function modes the registered op is
+# called, so tracers record corrmm's three ops.
+
+def _forward(op_name: str, body):
+    """An autograd.Function's forward: the op one level down (no autograd here)."""
+    def forward(a, b, *args):
+        if needs_dispatcher(a, b):
+            if torch._C._are_functorch_transforms_active():
+                return _FUNCTIONS[op_name].apply(a, b, *args)  # the next transform down
+            return getattr(torch.ops.corrmm, op_name)(a, b, *args)
+        return body(a, b, *args)
+    return forward
+
 
 class _CorrFunction(torch.autograd.Function):
-    forward = staticmethod(corr_impl)
+    forward = staticmethod(_forward("corr", corr_impl))
     setup_context = staticmethod(_corr_setup)
     backward = staticmethod(_corr_backward)
+    jvp = staticmethod(_corr_jvp)
+    vmap = staticmethod(_corr_vmap)
 
 
 class _CorrGradInputFunction(torch.autograd.Function):
-    forward = staticmethod(corr_grad_input_impl)
+    forward = staticmethod(_forward("corr_grad_input", corr_grad_input_impl))
     setup_context = staticmethod(_grad_input_setup)
     backward = staticmethod(_grad_input_backward)
+    jvp = staticmethod(_grad_input_jvp)
+    vmap = staticmethod(_grad_input_vmap)
 
 
 class _CorrGradWeightFunction(torch.autograd.Function):
-    forward = staticmethod(corr_grad_weight_impl)
+    forward = staticmethod(_forward("corr_grad_weight", corr_grad_weight_impl))
     setup_context = staticmethod(_grad_weight_setup)
     backward = staticmethod(_grad_weight_backward)
+    jvp = staticmethod(_grad_weight_jvp)
+    vmap = staticmethod(_grad_weight_vmap)
 
+
+_FUNCTIONS = {"corr": _CorrFunction, "corr_grad_input": _CorrGradInputFunction,
+              "corr_grad_weight": _CorrGradWeightFunction}
 
 #: tensor types the op bodies take as they are (Parameter disables __torch_function__)
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
 def needs_dispatcher(a, b) -> bool:
-    """True when the call must go through the registered op (tracing, subclasses, modes, transforms)."""
-    if torch.compiler.is_compiling():
+    """True when the op bodies must not run directly (tracing, subclasses, modes, transforms)."""
+    if torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None:
         return True
     if type(a) not in _PLAIN_TENSORS or type(b) not in _PLAIN_TENSORS:
         return True
@@ -406,14 +566,18 @@ def needs_dispatcher(a, b) -> bool:
                 or torch._C._functorch.peek_interpreter_stack() is not None)
 
 
-def _differentiating(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
+def _forward_ad_active() -> bool:
+    """Inside ``torch.autograd.forward_ad.dual_level()`` with forward gradients on (they are off in a forward)."""
+    return forward_ad._current_level >= 0 and torch._C._is_fwd_grad_enabled()
 
 
 def _call(op_name: str, body, function, a, b, *args) -> torch.Tensor:
     if needs_dispatcher(a, b):
+        if not torch.compiler.is_compiling() and (torch._C._are_functorch_transforms_active()
+                                                  or _forward_ad_active()):
+            return function.apply(a, b, *args)
         return getattr(torch.ops.corrmm, op_name)(a, b, *args)
-    if _differentiating(a, b):
+    if (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)) or _forward_ad_active():
         return function.apply(a, b, *args)
     return body(a, b, *args)
 
