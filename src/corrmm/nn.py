@@ -87,6 +87,11 @@ class _CorrmmConv:
         # layers pickled before ``algo`` existed, or converted by swapping the class
         self.__dict__.setdefault("algo", "auto")
 
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this on every submodule before compiling anything
+        raise RuntimeError(f"corrmm.nn.{type(self).__name__} cannot be compiled by torch.jit.script; use "
+                           f"torch.compile or torch.export instead (torch.jit.trace also works).")
+
     def extra_repr(self) -> str:
         text = super().extra_repr()
         return text if self.algo == "auto" else f"{text}, algo={self.algo!r}"

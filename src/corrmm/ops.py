@@ -450,12 +450,20 @@ def _split(t: torch.Tensor, dim: int, groups: int, batch: int) -> torch.Tensor:
     return t.flatten(dim + 1, dim + 2)
 
 
-def _vmap_rule(call, sized: bool, a_only, b_only, both):
-    """A batching rule for one op, from where B goes in each case.
+# Where B goes, per op. a_only, b_only: (dim of the vmapped argument that B joins,
+# whether inside each group, dim of the result that B leaves, whether inside each
+# group). both: (dim of the first argument, of the second, of the result), B
+# joining the groups.
+#                               a_only                b_only                both
+_FOLDS = {"corr":             ((0, False, 0, False), (0, True, 1, True),   (1, 0, 1)),
+          "corr_grad_input":  ((1, False, 1, True),  (0, False, 0, False), (0, 1, 1)),
+          "corr_grad_weight": ((1, True, 1, False),  (1, True, 0, True),   (1, 1, 0))}
 
-    ``a_only``/``b_only``: (dim of the vmapped argument that B joins, whether inside
-    each group, dim of the result that B leaves, whether inside each group);
-    ``both``: (dim of a, dim of b, dim of the result), B joining the groups."""
+
+def _vmap_rule(op_name: str, call):
+    """The batching rule of one op, which runs the folded problem with ``call``."""
+    a_only, b_only, both = _FOLDS[op_name]
+    sized = op_name != "corr"  # the gradient ops take the size of what they return
 
     def rule(info, in_dims, a, b, *args):
         a_dim, b_dim = in_dims[:2]
@@ -485,17 +493,11 @@ def _vmap_rule(call, sized: bool, a_only, b_only, both):
     return rule
 
 
-#                                   a_only          b_only          both
-_corr_vmap = _vmap_rule(
-    lambda *args: call_corr(*args), False, (0, False, 0, False), (0, True, 1, True), (1, 0, 1))
-_grad_input_vmap = _vmap_rule(
-    lambda *args: call_corr_grad_input(*args), True, (1, False, 1, True), (0, False, 0, False), (0, 1, 1))
-_grad_weight_vmap = _vmap_rule(
-    lambda *args: call_corr_grad_weight(*args), True, (1, True, 1, False), (1, True, 0, True), (1, 1, 0))
-
-torch.library.register_vmap("corrmm::corr", _corr_vmap)
-torch.library.register_vmap("corrmm::corr_grad_input", _grad_input_vmap)
-torch.library.register_vmap("corrmm::corr_grad_weight", _grad_weight_vmap)
+# The registered ops' rules (torch.vmap over torch.ops.corrmm.*) call the ops themselves;
+# the autograd.Functions' rules call them through the Functions, which other
+# transforms below the vmap (grad, jvp) need.
+for _name in _FOLDS:
+    torch.library.register_vmap(f"corrmm::{_name}", _vmap_rule(_name, getattr(torch.ops.corrmm, _name)))
 
 
 # ---- calling the ops: eager calls without the dispatcher, transforms through autograd.Functions ------
@@ -530,7 +532,7 @@ class _CorrFunction(torch.autograd.Function):
     setup_context = staticmethod(_corr_setup)
     backward = staticmethod(_corr_backward)
     jvp = staticmethod(_corr_jvp)
-    vmap = staticmethod(_corr_vmap)
+    vmap = staticmethod(_vmap_rule("corr", lambda *args: call_corr(*args)))
 
 
 class _CorrGradInputFunction(torch.autograd.Function):
@@ -538,7 +540,7 @@ class _CorrGradInputFunction(torch.autograd.Function):
     setup_context = staticmethod(_grad_input_setup)
     backward = staticmethod(_grad_input_backward)
     jvp = staticmethod(_grad_input_jvp)
-    vmap = staticmethod(_grad_input_vmap)
+    vmap = staticmethod(_vmap_rule("corr_grad_input", lambda *args: call_corr_grad_input(*args)))
 
 
 class _CorrGradWeightFunction(torch.autograd.Function):
@@ -546,7 +548,7 @@ class _CorrGradWeightFunction(torch.autograd.Function):
     setup_context = staticmethod(_grad_weight_setup)
     backward = staticmethod(_grad_weight_backward)
     jvp = staticmethod(_grad_weight_jvp)
-    vmap = staticmethod(_grad_weight_vmap)
+    vmap = staticmethod(_vmap_rule("corr_grad_weight", lambda *args: call_corr_grad_weight(*args)))
 
 
 _FUNCTIONS = {"corr": _CorrFunction, "corr_grad_input": _CorrGradInputFunction,
