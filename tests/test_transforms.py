@@ -369,3 +369,24 @@ def test_jit_script_refuses_in_one_sentence_naming_the_alternatives():
     message = str(info.value)
     assert "torch.compile" in message and "torch.export" in message
     assert len(message) < 300 and "\n" not in message.strip()
+
+
+def test_nested_forward_mode_matches_torch():
+    """jvp of jvp, grad of jvp, jacfwd of jacfwd: the inner tangent stays visible to the outer transform."""
+    case = GENERAL
+    x, w, u, v = randoms("nested", case.input, case.weight, case.input, case.weight)
+    x, u = x[:1], u[:1]
+
+    def results(conv):
+        def jvp_jvp():
+            inner = lambda w: torch.func.jvp(lambda x: conv(x, w), (x,), (u,))[1]  # noqa: E731
+            return torch.func.jvp(inner, (w,), (v,))[1]
+
+        def grad_jvp():
+            inner = lambda w: torch.func.jvp(lambda x: torch.sin(conv(x, w)), (x,), (u,))[1]  # noqa: E731
+            return torch.func.grad(lambda w: inner(w).sum())(w)
+        hessian = torch.func.jacfwd(torch.func.jacfwd(lambda x: torch.tanh(conv(x, w)).sum()))(x)
+        return jvp_jvp(), grad_jvp(), hessian
+    for got, expected in zip(results(ours("corr", case, "im2col")), results(theirs("corr", case))):
+        assert_close(got, expected)
+        assert expected.abs().max() > 0

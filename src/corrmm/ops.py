@@ -28,6 +28,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.autograd.forward_ad as forward_ad
+from torch._C._functorch import TransformType, _unwrap_for_grad, _wrap_for_grad
+from torch._functorch.pyfunctorch import retrieve_current_functorch_interpreter
 
 from . import selection
 from .algorithms import CHOOSERS, REGISTRY, Algorithm
@@ -392,7 +394,7 @@ corr_grad_weight.register_autograd(_grad_weight_backward, setup_context=_grad_we
 # therefore differentiable again, in either mode). No algorithm's internals are
 # ever differentiated.
 
-def _bilinear_tangent(call, a, b, t_a, t_b, *args):
+def _sum_of_terms(call, a, b, t_a, t_b, *args):
     tangent = None
     if t_a is not None:
         tangent = call(t_a, b, *args)
@@ -400,6 +402,25 @@ def _bilinear_tangent(call, a, b, t_a, t_b, *args):
         term = call(a, t_b, *args)
         tangent = term if tangent is None else tangent + term
     return tangent
+
+
+def _bilinear_tangent(call, a, b, t_a, t_b, *args):
+    """op(t_a, b) + op(a, t_b), computed so that every outer transform sees it.
+
+    autograd calls a jvp rule with both gradient modes off, which under nested
+    torch.func transforms (jvp of jvp, jacfwd of jacfwd, grad of jvp) would hide
+    the tangent's computation from the transforms outside. Under torch.func.jvp the
+    rule therefore runs as functorch runs a forward: one level down, gradients on.
+    """
+    if torch._C._are_functorch_transforms_active():
+        interpreter = retrieve_current_functorch_interpreter()
+        if interpreter.key() == TransformType.Jvp:
+            level = interpreter.level()
+            a, b, t_a, t_b = (None if t is None else _unwrap_for_grad(t, level) for t in (a, b, t_a, t_b))
+            with torch.enable_grad(), forward_ad._set_fwd_grad_enabled(True), interpreter.lower():
+                tangent = _sum_of_terms(call, a, b, t_a, t_b, *args)
+            return _wrap_for_grad(tangent, level)
+    return _sum_of_terms(call, a, b, t_a, t_b, *args)
 
 
 def _corr_jvp(ctx, t_input, t_weight, *_):
