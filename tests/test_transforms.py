@@ -390,3 +390,29 @@ def test_nested_forward_mode_matches_torch():
     for got, expected in zip(results(ours("corr", case, "im2col")), results(theirs("corr", case))):
         assert_close(got, expected)
         assert expected.abs().max() > 0
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
+def test_transforms_inside_torch_compile_are_right_or_refused():
+    """vmap compiles to one graph; grad and jvp leave the compiled region (right results, or an error
+    with fullgraph=True), never a silently zero tangent."""
+    case = GENERAL
+    x, w, u = randoms("compiled", case.input, case.weight, case.input)
+    def per_image(conv):
+        return torch.vmap(lambda image: conv(image[None], w)[0])
+    transforms = {
+        "vmap": per_image,
+        "grad": lambda conv: torch.func.grad(lambda x: conv(x, w).square().sum()),
+        "jvp": lambda conv: lambda x: torch.func.jvp(lambda x: conv(x, w), (x,), (u,))[1],
+        "jvp-vmap": lambda conv: lambda x: torch.func.jvp(per_image(conv), (x,), (u,))[1],
+    }
+    for name, transform in transforms.items():
+        expected = transform(theirs("corr", case))(x)
+        for fullgraph in (False, True):
+            torch._dynamo.reset()
+            compiled = torch.compile(transform(ours("corr", case)), backend="aot_eager", fullgraph=fullgraph)
+            if fullgraph and name != "vmap":
+                with pytest.raises(Exception, match="eager mode only"):
+                    compiled(x)
+            else:
+                assert_close(compiled(x), expected)

@@ -23,6 +23,7 @@ channels_last in, channels_last out.
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -394,6 +395,25 @@ corr_grad_weight.register_autograd(_grad_weight_backward, setup_context=_grad_we
 # therefore differentiable again, in either mode). No algorithm's internals are
 # ever differentiated.
 
+def _outside_compile(fn):
+    """``torch.compiler.disable(fn)``, made on the first call (importing corrmm must not import dynamo)."""
+    disabled = None
+
+    @functools.wraps(fn)
+    def call(*args):
+        nonlocal disabled
+        if disabled is None:
+            try:
+                disabled = torch.compiler.disable(fn, reason=_EAGER_ONLY)
+            except TypeError:  # torch without disable(reason=...)
+                disabled = torch.compiler.disable(fn)
+        return disabled(*args)
+    return call
+
+
+# never compiled: a jvp rule reached from a graph-broken torch.compile region would
+# otherwise call the registered ops, which drop tangents
+@_outside_compile
 def _sum_of_terms(call, a, b, t_a, t_b, *args):
     tangent = None
     if t_a is not None:
@@ -438,6 +458,25 @@ def _grad_weight_jvp(ctx, t_input, t_grad_output, *_):
     input, grad_output = ctx.saved_tensors
     return _bilinear_tangent(call_corr_grad_weight, input, grad_output, t_input, t_grad_output, ctx.size,
                              *ctx.geometry_args)
+
+
+_EAGER_ONLY = ("corrmm's functions and layers run under torch.func.grad/vjp/jvp/jacrev/jacfwd/hessian in eager "
+               "mode only; apply torch.compile to the function without the transform, or the transform without "
+               "torch.compile")
+
+
+def _differentiating_transform_on_top() -> bool:
+    """True under torch.func.grad or torch.func.jvp (the innermost transform), which read autograd formulas."""
+    return (torch._C._are_functorch_transforms_active()
+            and retrieve_current_functorch_interpreter().key() in (TransformType.Grad, TransformType.Jvp))
+
+
+def _refuse_differentiating_transform(what: str) -> None:
+    """The registered ops carry no forward-mode formula that functorch can read; never return a zero tangent."""
+    if _differentiating_transform_on_top():
+        raise NotImplementedError(
+            f"{what} reached torch.func.grad/jvp directly or from inside torch.compile, where no tangent or "
+            f"gradient can be formed; {_EAGER_ONLY}")
 
 
 # ---- vmap: the vmapped dimension folded into the batch, the channels or the groups ------
@@ -517,8 +556,19 @@ def _vmap_rule(op_name: str, call):
 # The registered ops' rules (torch.vmap over torch.ops.corrmm.*) call the ops themselves;
 # the autograd.Functions' rules call them through the Functions, which other
 # transforms below the vmap (grad, jvp) need.
+def _registered_op_rule(op_name: str):
+    """The registered op's rule: the op again, one level down, where grad and jvp would not see it."""
+    rule = _vmap_rule(op_name, getattr(torch.ops.corrmm, op_name))
+
+    def checked_rule(info, in_dims, *args):
+        with retrieve_current_functorch_interpreter().lower():
+            _refuse_differentiating_transform(f"torch.ops.corrmm.{op_name}")
+        return rule(info, in_dims, *args)
+    return checked_rule
+
+
 for _name in _FOLDS:
-    torch.library.register_vmap(f"corrmm::{_name}", _vmap_rule(_name, getattr(torch.ops.corrmm, _name)))
+    torch.library.register_vmap(f"corrmm::{_name}", _registered_op_rule(_name))
 
 
 # ---- calling the ops: eager calls without the dispatcher, transforms through autograd.Functions ------
@@ -594,10 +644,26 @@ def _forward_ad_active() -> bool:
     return forward_ad._current_level >= 0 and torch._C._is_fwd_grad_enabled()
 
 
+def _apply_eagerly(function, a, b, *args):
+    """``function.apply`` outside torch.compile, for torch.func.grad/jvp met while compiling.
+
+    torch.compile records the registered ops, which functorch's grad and jvp cannot
+    see into (a jvp would get no tangent). Compilation stops here (a graph break;
+    ``fullgraph=True`` makes it an error) and the call runs eagerly, through the
+    autograd.Function, which they can."""
+    return function.apply(a, b, *args)
+
+
+_apply_eagerly = _outside_compile(_apply_eagerly)
+
+
 def _call(op_name: str, body, function, a, b, *args) -> torch.Tensor:
     if needs_dispatcher(a, b):
-        if not torch.compiler.is_compiling() and (torch._C._are_functorch_transforms_active()
-                                                  or _forward_ad_active()):
+        if torch.compiler.is_compiling():
+            if _differentiating_transform_on_top():
+                torch._dynamo.graph_break(msg=_EAGER_ONLY)  # loaded while compiling; fullgraph=True raises it
+                return _apply_eagerly(function, a, b, *args)
+        elif torch._C._are_functorch_transforms_active() or _forward_ad_active():
             return function.apply(a, b, *args)
         return getattr(torch.ops.corrmm, op_name)(a, b, *args)
     if (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)) or _forward_ad_active():
