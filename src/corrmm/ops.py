@@ -666,7 +666,8 @@ def _call(op_name: str, body, function, a, b, *args) -> torch.Tensor:
         elif torch._C._are_functorch_transforms_active() or _forward_ad_active():
             return function.apply(a, b, *args)
         return getattr(torch.ops.corrmm, op_name)(a, b, *args)
-    if (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)) or _forward_ad_active():
+    if ((torch.is_grad_enabled() and (a.requires_grad or b.requires_grad))
+            or (forward_ad._current_level >= 0 and torch._C._is_fwd_grad_enabled())):  # dual tensors
         return function.apply(a, b, *args)
     return body(a, b, *args)
 
