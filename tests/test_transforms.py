@@ -363,12 +363,18 @@ def test_jit_trace_records_the_corrmm_op_and_runs_like_eager():
         torch.testing.assert_close(traced(x), model(x))
 
 
-def test_jit_script_refuses_in_one_sentence_naming_the_alternatives():
+def test_jit_script_refuses_in_one_sentence_and_the_alternative_it_names_works():
+    model = _converted_model()
     with pytest.raises(RuntimeError) as info:
-        torch.jit.script(_converted_model())
+        torch.jit.script(model)
     message = str(info.value)
     assert "torch.compile" in message and "torch.export" in message
     assert len(message) < 300 and "\n" not in message.strip()
+    x = torch.randn(2, 3, 8, 8)
+    exported = torch.export.export(model, (x,))
+    targets = [n.target for n in exported.graph.nodes if n.op == "call_function"]
+    assert targets.count(torch.ops.corrmm.corr.default) == 2
+    torch.testing.assert_close(exported.module()(x), model(x))
 
 
 def test_nested_forward_mode_matches_torch():
