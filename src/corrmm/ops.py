@@ -15,6 +15,10 @@ Theano, so derivatives compose to any order::
     dw = corr_grad_weight(x, dy):  d/dx = corr_grad_input(g, dy)    d/d(dy) = corr(x, g)
 
 (``g`` is the incoming gradient; each identity is ⟨g, A(u, v)⟩ read three ways.)
+Each op is bilinear, so its forward-mode tangent is ``op(ta, b) + op(a, tb)``, and
+each has a vmap rule that folds the vmapped dimension into the batch, the
+channels or the groups: torch.func's transforms and forward-mode AD work to any
+order (see "calling the ops" below for how calls are routed).
 
 Results come back in the memory format of the op's first image argument
 (input for corr and corr_grad_weight, grad_output for corr_grad_input):
