@@ -46,6 +46,7 @@ from typing import Dict, List, Optional
 import torch
 
 from .algorithms import REGISTRY
+from .algorithms.base import matmul_precision_like_convolution  # the ops' TF32 rule: timings match real runs
 from .geometry import ConvGeometry
 
 #: bumped whenever the meaning of a key or an entry changes; other values are stale
@@ -225,8 +226,6 @@ class _Timer:
 def time_candidate(name: str, pass_name: str, a: torch.Tensor, b: torch.Tensor, geometry: ConvGeometry,
                    best_so_far: float = math.inf) -> float:
     """Best time in seconds of one algorithm on operands ``a``, ``b`` after a warm-up run."""
-    from .ops import matmul_precision_like_convolution  # the op layer's TF32 rule, so timings match real runs
-
     algorithm = REGISTRY[name]
     timer = _Timer(a.device)
 
@@ -302,10 +301,12 @@ def _capturing(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
-def choose(pass_name: str, geometry: ConvGeometry, device: torch.device, dtype: torch.dtype) -> str:
-    """The fastest supported algorithm for this pass: remembered, or timed now and remembered."""
-    from .selection import auto_choice
+def choose(pass_name: str, geometry: ConvGeometry, device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    """The fastest supported algorithm for this pass: remembered, or timed now and remembered.
 
+    None when nothing can be timed now (inside a timing run, during CUDA graph capture, or when every
+    candidate failed): the caller then applies its own rule (:func:`corrmm.selection.tuned` uses ``auto``).
+    """
     device = torch.device(device)
     recall = _recall_key(pass_name, geometry, device, dtype)
     name = _recent.get(recall)
@@ -316,14 +317,14 @@ def choose(pass_name: str, geometry: ConvGeometry, device: torch.device, dtype: 
         _recent[recall] = cached
         return cached
     if getattr(_local, "active", False) or _capturing(device):
-        return auto_choice(pass_name, geometry, device, dtype)
+        return None
     _local.active = True
     try:
         timings = benchmark(pass_name, geometry, device, dtype)
     finally:
         _local.active = False
     if not timings:
-        return auto_choice(pass_name, geometry, device, dtype)
+        return None
     best = min(timings, key=timings.get)
     key = cache_key(pass_name, geometry, device, dtype)
     path = cache_path()
