@@ -128,7 +128,7 @@ def sm_count(device: torch.device) -> int:
 
 #: ``CORRMM_AUTOTUNE=0`` runs one modest config instead of tuning (quick GPU checks: no
 #: benchmarking of every config for every new shape bucket)
-AUTOTUNE = os.environ.get("CORRMM_AUTOTUNE", "1") != "0"
+AUTOTUNE = config.autotuning()
 
 
 #: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) tried by the forward and grad-input kernels
