@@ -115,6 +115,13 @@ LAYERS = [
     ["corrmm.tuning"],
     ["corrmm.selection"],
     ["corrmm.ops"],
+    ["corrmm.functional", "corrmm.nn", "corrmm.compile.rewrite"],
+    ["corrmm.convert", "corrmm.compile.backend"],
+    ["corrmm.bench.suite", "corrmm.bench.timing"],
+    ["corrmm.bench.runner"],
+    ["corrmm.bench.report"],
+    ["corrmm.cli.usage"],
+    ["corrmm.cli.check", "corrmm.cli.bench", "corrmm.cli.demo"],
 ]
 
 

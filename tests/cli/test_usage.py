@@ -36,6 +36,8 @@ BAD_ARGUMENTS = [
     ["bench", "--suite", "no-such-suite"],
     ["bench", "--rep-ms", "-1"],
     ["bench", "--threads", "0"],
+    ["bench", "--json", "/no/such/folder/out.json"],
+    ["bench", "--plot", "/"],
     ["bogus-command"],
 ]
 if NO_GPU:

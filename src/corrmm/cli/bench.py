@@ -102,6 +102,9 @@ def _dtypes(requested: List[str], device: torch.device) -> List[str]:
 
 def _plan(args) -> tuple:
     device = usage.device(args.device)
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is not None:
+            usage.writable_file(option, path)
     for option, value in (("--warmup-ms", args.warmup_ms), ("--rep-ms", args.rep_ms)):
         if value is not None:
             usage.positive(option, value)

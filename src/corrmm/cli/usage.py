@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -36,3 +37,15 @@ def positive(option: str, value: float) -> float:
     if not (math.isfinite(value) and value > 0):
         raise UsageError(f"{option} must be a positive number, got {value}")
     return value
+
+
+def writable_file(option: str, path: str) -> str:
+    """An output file whose folder exists and is writable (checked before a long run, not after it)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"{option} {path}: is a folder, expected a file name")
+    if not os.path.isdir(folder):
+        raise UsageError(f"{option} {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{option} {path}: the folder {folder} is not writable")
+    return path
