@@ -24,8 +24,8 @@ Guarantees:
 * the user's tensors are never touched: timing runs on tensors drawn from a
   private generator, so the global random stream is not advanced either;
 * a candidate that raises (out of memory, a kernel that fails to compile) is
-  skipped; when every candidate fails, the ``auto`` rule decides and nothing is
-  remembered;
+  skipped; when every candidate fails, :func:`choose` returns None (the op layer
+  then runs the ``auto`` rule's choice) and nothing is remembered;
 * the tuner is never entered recursively (a candidate that itself calls a corrmm
   op with ``algo="tune"`` gets the cached or the ``auto`` choice), and it does not
   time while a CUDA graph is being captured.
@@ -51,7 +51,7 @@ import torch
 
 try:
     import fcntl
-except ImportError:  # not on Windows: there only threads are serialised
+except ImportError:  # fcntl is POSIX only: on Windows only threads are serialised
     fcntl = None
 
 from .algorithms import REGISTRY
