@@ -26,7 +26,6 @@ channels_last in, channels_last out.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -38,6 +37,7 @@ from torch._functorch.pyfunctorch import retrieve_current_functorch_interpreter
 
 from . import selection
 from .algorithms import CHOOSERS, REGISTRY, Algorithm
+from .algorithms.base import matmul_precision_like_convolution
 from .geometry import ConvGeometry, check_grad_output_shape
 from .layout import memory_format_of, to_memory_format
 
@@ -96,22 +96,6 @@ def build_geometry(input_shape: Sequence[int], weight_shape: Sequence[int], pad_
         in_size=tuple(input_shape[2:]), kernel=tuple(weight_shape[2:]),
         padding=tuple(zip(pad_low, pad_high)), stride=tuple(stride), dilation=tuple(dilation), groups=groups)
     return geometry.validate()
-
-
-# ---- helpers --------------------------------------------------------------------
-
-@contextlib.contextmanager
-def matmul_precision_like_convolution(t: torch.Tensor):
-    """float32 GEMMs use TF32 exactly when torch's convolutions would (cuDNN's TF32 switch)."""
-    if t.device.type != "cuda" or t.dtype != torch.float32:
-        yield
-        return
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 # ---- plans: each call signature validated and resolved once --------------------------------

@@ -128,7 +128,9 @@ def resolve(algo: str, pass_name: str, geometry: ConvGeometry, device: torch.dev
 
 def tuned(pass_name: str, geometry: ConvGeometry, device: torch.device, dtype: torch.dtype) -> algorithms.Algorithm:
     """The algorithm ``tune`` picks, on the hot path of a planned call: the tuner only ever returns
-    supported choices (it times supported candidates, checks remembered ones, else falls back to auto)."""
+    supported choices (it times supported candidates and checks remembered ones); where it cannot
+    time now it returns None and the ``auto`` rule decides."""
     from . import tuning  # imported on first use: it times algorithms, which the auto path never needs
 
-    return algorithms.get(tuning.choose(pass_name, geometry, device, dtype))
+    name = tuning.choose(pass_name, geometry, device, dtype)
+    return algorithms.get(name if name is not None else auto_choice(pass_name, geometry, device, dtype))
