@@ -7,9 +7,10 @@ GEMM views, per group, for a chunk of ``n`` images (Cg·R·S is the patch length
     grad_weight  dW     (Kg × Cg·R·S) = dy     (Kg × n·P·Q)  · col    (n·P·Q × Cg·R·S)  one GEMM
 
 The batch is processed in chunks whose column buffer fits the workspace cap
-(:mod:`corrmm.config`). col2im is a gather: every input element sums the
-column entries that read it, found through a per-dimension index map, so no
-two threads ever add into the same element (no atomics, deterministic).
+(:mod:`corrmm.config`). col2im is torch's own (``F.fold``) for 1-D and 2-D
+problems; for 3-D it is a gather: every input element sums the column entries
+that read it, found through a per-dimension index map, so no two threads ever
+add into the same element (no atomics, deterministic).
 """
 from __future__ import annotations
 
@@ -79,21 +80,45 @@ def col2im(col: torch.Tensor, in_size: Sequence[int], padding, stride, dilation)
     return gathered.sum(dim=tuple(range(gathered.dim() - ndim, gathered.dim())))
 
 
+def _col2im_fold(col: torch.Tensor, in_size: Sequence[int], padding, stride, dilation) -> torch.Tensor:
+    """col (n, C, *k, *out) -> image (n, C, *in_size) for 1-D and 2-D problems through torch's own
+    col2im (``F.fold``): the padded image is folded whole, then the padding cropped, so
+    asymmetric padding needs nothing special. 1-D problems fold as 2-D ones of height 1."""
+    ndim = len(in_size)
+    n, channels = col.shape[:2]
+    kernel = col.shape[2:2 + ndim]
+    padded = [size + low + high for size, (low, high) in zip(in_size, padding)]
+    if ndim == 1:
+        kernel, padded, stride, dilation = (1, *kernel), (1, *padded), (1, *stride), (1, *dilation)
+    image = F.fold(col.reshape(n, channels * numel(kernel), -1), tuple(padded), tuple(kernel),
+                   dilation=tuple(dilation), stride=tuple(stride))
+    if ndim == 1:
+        image = image.squeeze(2)
+    crop = tuple(slice(low, low + size) for size, (low, _) in zip(in_size, padding))
+    return image[(slice(None), slice(None)) + crop]
+
+
 def grad_input_grouped(w: torch.Tensor, dy: torch.Tensor, padding, stride, dilation, in_size) -> torch.Tensor:
     """w (G, Kg, Cg, *k), dy (N, G, Kg, *out) -> dx (N, G, Cg, *in_size)."""
     groups, kg, cg = w.shape[:3]
     kernel = w.shape[3:]
     batch = dy.shape[0]
     out_size = dy.shape[3:]
+    ndim = len(kernel)
     patch_len = cg * numel(kernel)
     w_t = w.reshape(groups, kg, patch_len).transpose(1, 2)
     dx = config.new_output(dy, (batch, groups, cg, *in_size))
+    fold = ndim <= 2 and all(low >= 0 and high >= 0 for low, high in padding)
     # the gather materialises (n, G, Cg, *in, *k) too: count the larger of the two buffers
     per_image = groups * patch_len * max(numel(out_size), numel(in_size)) * dy.element_size()
     for start, n in batch_chunks(batch, per_image):
         col = torch.matmul(w_t, dy[start:start + n].reshape(n, groups, kg, -1))  # (n, G, Cg·R·S, P·Q)
-        col = col.reshape(n, groups, cg, *kernel, *out_size)
-        dx[start:start + n] = col2im(col, in_size, padding, stride, dilation)
+        if fold:
+            image = _col2im_fold(col.reshape(n, groups * cg, *kernel, *out_size), in_size, padding, stride, dilation)
+            dx[start:start + n] = image.reshape(n, groups, cg, *in_size)
+        else:
+            col = col.reshape(n, groups, cg, *kernel, *out_size)
+            dx[start:start + n] = col2im(col, in_size, padding, stride, dilation)
     return dx
 
 
