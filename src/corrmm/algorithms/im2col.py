@@ -14,7 +14,7 @@ add into the same element (no atomics, deterministic).
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Iterator, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,70 @@ from .. import config
 from ..geometry import ConvGeometry
 from .base import Algorithm
 from .patches import batch_chunks, group_filter, group_image, numel, patches
+
+
+#: below this many output positions per image, the per-image GEMMs are too thin: the forward and
+#: input-gradient passes multiply the whole chunk at once (one GEMM per group) instead
+BATCHED_GEMM_BELOW = 1024
+
+
+#: column panels on the CPU: an image whose column buffer exceeds this is built and consumed a few
+#: output rows at a time, each panel staying in the L2 cache between its copy and its GEMM
+PANEL_BYTES = 1 << 20
+
+
+def _use_panels(x: torch.Tensor, patch_len: int, out_size) -> bool:
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and patch_len * numel(out_size) * x.element_size() > 2 * PANEL_BYTES)
+
+
+def _panels(patch_len: int, out_size, element_size: int) -> Iterator[Tuple[int, int]]:
+    """(first row, rows) of the panels along the first output dimension."""
+    row = numel(out_size[1:])
+    rows = max(1, min(out_size[0], PANEL_BYTES // max(1, patch_len * row * element_size)))
+    for start in range(0, out_size[0], rows):
+        yield start, min(rows, out_size[0] - start)
+
+
+def _panel_source(x, padding, stride, dilation, kernel, out_size) -> torch.Tensor:
+    """The column view (N, G, Cg, *k, *out) of x (N, G, Cg, *in): panels are copied out of it."""
+    ndim = len(kernel)
+    cols = patches(x, padding, stride, dilation, kernel, out_size)  # (N, G, Cg, *out, *k)
+    return cols.permute(0, 1, 2, *range(3 + ndim, 3 + 2 * ndim), *range(3, 3 + ndim))
+
+
+def _forward_panels(x, w_mat, y, padding, stride, dilation, kernel, out_size) -> None:
+    """y (N, G, Kg, P·Q) = w_mat (G, Kg, L) · columns, one cache-sized panel of output rows at a time."""
+    batch, groups, cg = x.shape[:3]
+    ndim = len(kernel)
+    source = _panel_source(x, padding, stride, dilation, kernel, out_size)
+    patch_len, row = w_mat.shape[2], numel(out_size[1:])
+    buffer = x.new_empty(groups, patch_len, PANEL_BYTES // x.element_size() // patch_len + row)
+    for n in range(batch):
+        for start, rows in _panels(patch_len, out_size, x.element_size()):
+            panel = buffer[:, :, :rows * row]
+            panel.view(groups, cg, *kernel, rows, *out_size[1:]).copy_(source[n].narrow(2 + ndim, start, rows))
+            for gi in range(groups):
+                torch.mm(w_mat[gi], panel[gi], out=y[n, gi, :, start * row:(start + rows) * row])
+
+
+def _grad_weight_panels(x, dy, padding, stride, dilation, kernel) -> torch.Tensor:
+    """dW (G, Kg, L) = Σ over panels of dy_panel (Kg × rows·Q) · panelᵀ, accumulated in place."""
+    batch, groups, cg = x.shape[:3]
+    kg, out_size = dy.shape[2], dy.shape[3:]
+    ndim = len(kernel)
+    source = _panel_source(x, padding, stride, dilation, kernel, out_size)
+    patch_len, row = cg * numel(kernel), numel(out_size[1:])
+    dy_mat = dy.reshape(batch, groups, kg, -1)
+    buffer = x.new_empty(groups, patch_len, PANEL_BYTES // x.element_size() // patch_len + row)
+    dw = x.new_zeros(groups, kg, patch_len)
+    for n in range(batch):
+        for start, rows in _panels(patch_len, out_size, x.element_size()):
+            panel = buffer[:, :, :rows * row]
+            panel.view(groups, cg, *kernel, rows, *out_size[1:]).copy_(source[n].narrow(2 + ndim, start, rows))
+            for gi in range(groups):
+                dw[gi].addmm_(dy_mat[n, gi, :, start * row:(start + rows) * row], panel[gi].t())
+    return dw
 
 
 # ---- grouped primitives (also the building blocks of the swapped algorithm) ----
@@ -36,8 +100,18 @@ def forward_grouped(x: torch.Tensor, w: torch.Tensor, padding, stride, dilation,
     patch_len = cg * numel(kernel)
     w_mat = w.reshape(groups, kg, patch_len)
     y = config.new_output(x, (batch, groups, kg, numel(out_size)))
+    if _use_panels(x, patch_len, out_size):
+        _forward_panels(x, w_mat, y, padding, stride, dilation, kernel, out_size)
+        return y.unflatten(3, tuple(out_size))
+    whole_batch = numel(out_size) < BATCHED_GEMM_BELOW
     for start, n in batch_chunks(batch, groups * patch_len * numel(out_size) * x.element_size()):
         cols = patches(x[start:start + n], padding, stride, dilation, kernel, out_size)
+        if whole_batch:
+            # few output positions: one (Kg × Cg·R·S)·(Cg·R·S × n·P·Q) GEMM per group instead of n thin ones
+            order = [1, 2, *range(3 + ndim, 3 + 2 * ndim), 0, *range(3, 3 + ndim)]
+            cols = cols.permute(order).reshape(groups, patch_len, -1)
+            y[start:start + n] = torch.matmul(w_mat, cols).view(groups, kg, n, -1).permute(2, 0, 1, 3)
+            continue
         # (n, G, Cg, *out, *k) -> (n, G, Cg, *k, *out): the column buffer, copied once
         order = [0, 1, 2, *range(3 + ndim, 3 + 2 * ndim), *range(3, 3 + ndim)]
         cols = cols.permute(order).reshape(n, groups, patch_len, -1)
@@ -112,7 +186,11 @@ def grad_input_grouped(w: torch.Tensor, dy: torch.Tensor, padding, stride, dilat
     # the gather materialises (n, G, Cg, *in, *k) too: count the larger of the two buffers
     per_image = groups * patch_len * max(numel(out_size), numel(in_size)) * dy.element_size()
     for start, n in batch_chunks(batch, per_image):
-        col = torch.matmul(w_t, dy[start:start + n].reshape(n, groups, kg, -1))  # (n, G, Cg·R·S, P·Q)
+        if numel(out_size) < BATCHED_GEMM_BELOW:  # one GEMM per group over the chunk's n·P·Q columns
+            dy_mat = dy[start:start + n].reshape(n, groups, kg, -1).permute(1, 2, 0, 3).reshape(groups, kg, -1)
+            col = torch.matmul(w_t, dy_mat).view(groups, patch_len, n, -1).permute(2, 0, 1, 3)
+        else:
+            col = torch.matmul(w_t, dy[start:start + n].reshape(n, groups, kg, -1))  # (n, G, Cg·R·S, P·Q)
         if fold:
             image = _col2im_fold(col.reshape(n, groups * cg, *kernel, *out_size), in_size, padding, stride, dilation)
             dx[start:start + n] = image.reshape(n, groups, cg, *in_size)
@@ -129,6 +207,8 @@ def grad_weight_grouped(x: torch.Tensor, dy: torch.Tensor, padding, stride, dila
     out_size = dy.shape[3:]
     ndim = len(kernel)
     patch_len = cg * numel(kernel)
+    if _use_panels(x, patch_len, out_size):
+        return _grad_weight_panels(x, dy, padding, stride, dilation, kernel).reshape(groups, kg, cg, *kernel)
     total = None
     for start, n in batch_chunks(batch, groups * patch_len * numel(out_size) * x.element_size()):
         cols = patches(x[start:start + n], padding, stride, dilation, kernel, out_size)
