@@ -1,6 +1,6 @@
 """im2col's CPU paths that the reference grid's small shapes do not reach: cache-sized column
-panels (forced here by a tiny panel size), the whole-chunk GEMM for small outputs and torch's
-fold as col2im, against torch's float64 correlation in all three passes."""
+panels (forced here by a tiny panel size), the whole-chunk GEMM for small outputs, columns
+gathered from a channels-last copy (16+ channels per group) and torch's fold as col2im, against torch's float64 correlation in all three passes."""
 import pytest
 import torch
 
@@ -15,6 +15,9 @@ CASES = [
     ((2, 6, 17, 9), (4, 3, 5, 2), ((2, 0), (1, 3)), (2, 1), (1, 2), 2),
     ((3, 3, 23), (5, 3, 4), ((3, 1),), (2,), (1,), 1),
     ((1, 4, 7, 6, 9), (4, 2, 3, 2, 3), ((1, 1), (0, 1), (2, 0)), (1, 2, 1), (1, 1, 2), 2),
+    # 16+ channels per group: columns gathered from a channels-last copy
+    ((2, 32, 9, 7), (8, 16, 3, 2), ((1, 0), (2, 2)), (2, 1), (1, 2), 2),
+    ((2, 16, 11), (4, 16, 3), ((1, 1),), (1,), (2,), 1),
 ]
 
 

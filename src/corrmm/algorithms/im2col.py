@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from .. import config
 from ..geometry import ConvGeometry
 from .base import Algorithm
-from .patches import batch_chunks, group_filter, group_image, numel, patches
+from .patches import batch_chunks, group_filter, group_image, numel, pad_or_crop, patches
 
 
 #: below this many output positions per image, the per-image GEMMs are too thin: the forward and
@@ -89,6 +89,32 @@ def _grad_weight_panels(x, dy, padding, stride, dilation, kernel) -> torch.Tenso
     return dw
 
 
+#: from this many channels per group, the column buffer is gathered from a channels-last copy of
+#: the image, so every copied run is Cg contiguous elements (not a kernel row of R or S)
+CHANNELS_LAST_COLUMNS_FROM = 16
+
+
+def channels_last_columns(x: torch.Tensor, padding, stride, dilation, kernel, out_size) -> torch.Tensor:
+    """x (n, G, Cg, *in) -> (G, n·P·Q, R·S·Cg): the column buffer with the channel index fastest."""
+    n, groups, cg = x.shape[:3]
+    ndim = len(kernel)
+    xl = pad_or_crop(x, padding).permute(0, *range(3, 3 + ndim), 1, 2).contiguous()  # (n, *padded, G, Cg)
+    for i, (k, s, d, n_out) in enumerate(zip(kernel, stride, dilation, out_size)):
+        xl = xl.unfold(1 + i, (k - 1) * d + 1, s).narrow(1 + i, 0, n_out)  # window appended last
+        if d > 1:
+            xl = xl[..., ::d]
+    # (n, *out, G, Cg, *k) -> (G, n, *out, *k, Cg)
+    order = [1 + ndim, 0, *range(1, 1 + ndim), *range(3 + ndim, 3 + 2 * ndim), 2 + ndim]
+    return xl.permute(order).reshape(groups, -1, cg * numel(kernel))
+
+
+def _kernel_last_channels(w: torch.Tensor) -> torch.Tensor:
+    """w (G, Kg, Cg, *k) -> (G, R·S·Cg, Kg), matching :func:`channels_last_columns`."""
+    groups, kg, cg = w.shape[:3]
+    ndim = w.dim() - 3
+    return w.permute(0, *range(3, 3 + ndim), 2, 1).reshape(groups, -1, kg)
+
+
 # ---- grouped primitives (also the building blocks of the swapped algorithm) ----
 
 def forward_grouped(x: torch.Tensor, w: torch.Tensor, padding, stride, dilation, out_size) -> torch.Tensor:
@@ -105,6 +131,11 @@ def forward_grouped(x: torch.Tensor, w: torch.Tensor, padding, stride, dilation,
         return y.unflatten(3, tuple(out_size))
     whole_batch = numel(out_size) < BATCHED_GEMM_BELOW
     for start, n in batch_chunks(batch, groups * patch_len * numel(out_size) * x.element_size()):
+        if whole_batch and cg >= CHANNELS_LAST_COLUMNS_FROM:
+            cols = channels_last_columns(x[start:start + n], padding, stride, dilation, kernel, out_size)
+            y_t = torch.matmul(cols, _kernel_last_channels(w))  # (G, n·P·Q, Kg)
+            y[start:start + n] = y_t.view(groups, n, -1, kg).permute(1, 0, 3, 2)
+            continue
         cols = patches(x[start:start + n], padding, stride, dilation, kernel, out_size)
         if whole_batch:
             # few output positions: one (Kg × Cg·R·S)·(Cg·R·S × n·P·Q) GEMM per group instead of n thin ones
@@ -210,11 +241,15 @@ def grad_weight_grouped(x: torch.Tensor, dy: torch.Tensor, padding, stride, dila
     if _use_panels(x, patch_len, out_size):
         return _grad_weight_panels(x, dy, padding, stride, dilation, kernel).reshape(groups, kg, cg, *kernel)
     total = None
+    channels_last = cg >= CHANNELS_LAST_COLUMNS_FROM
     for start, n in batch_chunks(batch, groups * patch_len * numel(out_size) * x.element_size()):
-        cols = patches(x[start:start + n], padding, stride, dilation, kernel, out_size)
-        # (n, G, Cg, *out, *k) -> (G, n, *out, Cg, *k) -> (G, n·P·Q, Cg·R·S)
-        order = [1, 0, *range(3, 3 + ndim), 2, *range(3 + ndim, 3 + 2 * ndim)]
-        cols = cols.permute(order).reshape(groups, -1, patch_len)
+        if channels_last:  # (G, n·P·Q, R·S·Cg)
+            cols = channels_last_columns(x[start:start + n], padding, stride, dilation, kernel, out_size)
+        else:
+            cols = patches(x[start:start + n], padding, stride, dilation, kernel, out_size)
+            # (n, G, Cg, *out, *k) -> (G, n, *out, Cg, *k) -> (G, n·P·Q, Cg·R·S)
+            order = [1, 0, *range(3, 3 + ndim), 2, *range(3 + ndim, 3 + 2 * ndim)]
+            cols = cols.permute(order).reshape(groups, -1, patch_len)
         dy_mat = dy[start:start + n].permute(1, 2, 0, *range(3, 3 + ndim)).reshape(groups, kg, -1)  # (G, Kg, n·P·Q)
         part = torch.matmul(dy_mat, cols)
         if total is None:
@@ -223,6 +258,8 @@ def grad_weight_grouped(x: torch.Tensor, dy: torch.Tensor, padding, stride, dila
             if total.dtype in (torch.float16, torch.bfloat16):
                 total = total.float()
             total += part
+    if channels_last:  # (G, Kg, *k, Cg) -> (G, Kg, Cg, *k)
+        return total.to(x.dtype).view(groups, kg, *kernel, cg).permute(0, 1, 2 + ndim, *range(2, 2 + ndim))
     return total.to(x.dtype).reshape(groups, kg, cg, *kernel)
 
 
