@@ -72,10 +72,10 @@ CPU_LAYERS = {
 
 
 @pytest.mark.parametrize("name,pass_name,expected", [
-    ("C1", "forward", "winograd"), ("C1", "grad_input", "winograd"), ("C1", "grad_weight", "winograd"),
-    ("C2", "forward", "winograd"), ("C2", "grad_weight", "winograd"),
+    ("C1", "forward", "im2col"), ("C1", "grad_input", "swapped"), ("C1", "grad_weight", "im2col"),
+    ("C2", "forward", "winograd"), ("C2", "grad_input", "winograd"), ("C2", "grad_weight", "winograd"),
     ("C3", "forward", "im2col"), ("C3", "grad_input", "im2col"), ("C3", "grad_weight", "im2col"),
-    ("C4", "grad_weight", "fft"), ("C4", "grad_input", "swapped"),
+    ("C4", "grad_weight", "im2col"), ("C4", "grad_input", "swapped"),
     ("D1", "forward", "im2col"), ("D1", "grad_input", "im2col"),
     ("D2", "grad_input", "im2col"), ("D2", "grad_weight", "im2col"),
     ("D4", "forward", "gemm1x1"), ("D4", "grad_weight", "im2col"),
@@ -83,6 +83,13 @@ CPU_LAYERS = {
 def test_cpu_rule_follows_the_measurements(name, pass_name, expected):
     x, w, pad, stride = CPU_LAYERS[name]
     g = make_geometry(x, w, border_mode=pad, subsample=stride)
+    assert auto_choice(pass_name, g, CPU, torch.float32) == expected
+
+
+@pytest.mark.parametrize("pass_name", ["forward", "grad_input", "grad_weight"])
+def test_cpu_rule_for_depthwise_layers(pass_name):
+    g = make_geometry((8, 256, 28, 28), (256, 1, 3, 3), border_mode=1, num_groups=256)  # C6
+    expected = "depthwise" if "depthwise" in REGISTRY else "fft"
     assert auto_choice(pass_name, g, CPU, torch.float32) == expected
 
 

@@ -23,14 +23,13 @@ buffer:
 cpu-small suite and the demo's layers; PERFORMANCE.md, "CPU"):
 
 * gemm1x1 for plain 1x1 layers (im2col for their weight gradient on small images);
-* winograd for 3x3 / 3-tap, stride-1 layers with enough channels (both Cg and Kg
-  >= 32 for forward and input gradient, >= 8 for the weight gradient);
-* forward: im2col (the seed's swapped only for many-channel, large-kernel layers);
-* grad_input: swapped when stride 1 and its buffer is no larger, else im2col
-  (whose col2im is torch's fold);
-* grad_weight: fft for stride-1 kernels of 7x7 and more with >= 32 channels,
-  else im2col;
-* a ``depthwise`` algorithm, where one is registered, for depthwise layers.
+* winograd for 3x3 / 3-tap stride-1 layers with >= 128 channels and filters per group;
+* grad_input: swapped when stride 1 and its column buffer is no larger than
+  im2col's, else im2col (whose col2im is torch's fold);
+* forward and grad_weight: im2col (the seed's swapped for many-channel,
+  large-kernel forward passes);
+* depthwise layers: a ``depthwise`` algorithm where one is registered, else fft
+  at stride 1.
 
 **On CUDA**, fitted to ``corrmm bench`` on an H100 (bf16 and TF32, the
 convnet suite; PERFORMANCE.md has the table):
@@ -116,11 +115,14 @@ def _cuda_rule(pass_name: str, g: ConvGeometry, dtype: torch.dtype) -> str:
 
 
 # ---- the CPU rule (fitted to `corrmm bench --device cpu --threads 1` on the cpu-small suite and the
-# demo's layers, fp32, 2-core AMD EPYC; PERFORMANCE.md "CPU" has the table) ----------------------
+# demo's layers, fp32, 2-core AMD EPYC, with interleaved re-runs of the close calls; PERFORMANCE.md
+# "CPU" has the table) ----------------------------------------------------------------------------
 
-WINOGRAD_MIN_CHANNELS = 32       # forward / input gradient: below this, im2col's GEMM is as fast (C5, D1)
-WINOGRAD_MIN_CHANNELS_WGRAD = 8  # weight gradient: winograd's GEMMs over all tiles win from few channels (C5)
-SMALL_1X1_OUTPUT = 256           # 1x1 weight gradients on small images: im2col's single GEMM beats per-image ones
+#: winograd F(2x2, 3x3) pays from this many channels and filters per group: C2 (256) 1.5x-2.1x and a
+#: 128-channel 28² layer 1.5x-2x the best column-buffer algorithm; at 64 (C1, D3) its transforms,
+#: which move 4x the image, cost as much as the multiplications they save
+WINOGRAD_MIN_CHANNELS = 128
+SMALL_1X1_OUTPUT = 256  # 1x1 weight gradients on small images: im2col's single GEMM beats per-image ones
 
 
 def _winograd_fits(g: ConvGeometry) -> bool:
@@ -129,36 +131,30 @@ def _winograd_fits(g: ConvGeometry) -> bool:
 
 
 def _cpu_rule(pass_name: str, g: ConvGeometry) -> str:
-    depthwise = g.groups > 1 and g.channels_per_group == 1
-    if depthwise and "depthwise" in algorithms.REGISTRY:
-        return "depthwise"
+    unit_steps = all(s == 1 for s in g.stride) and all(d == 1 for d in g.dilation)
+    if g.groups > 1 and g.channels_per_group == 1:  # depthwise
+        if "depthwise" in algorithms.REGISTRY:
+            return "depthwise"
+        if unit_steps:
+            return "fft"  # C6: 2x-5.7x im2col and swapped, whose GEMMs are 1-channel thin
     if _is_plain_gemm(g):
         if pass_name == "grad_weight" and math.prod(g.out_size) < SMALL_1X1_OUTPUT:
             return "im2col"  # D4: 1.3x gemm1x1's per-image products
         return "gemm1x1"
-    unit_steps = all(s == 1 for s in g.stride) and all(d == 1 for d in g.dilation)
-    if _winograd_fits(g):
-        # its GEMMs are (Kg x Cg) by tiles: both channel counts must be large enough (D1: 1 -> 32)
-        needed = WINOGRAD_MIN_CHANNELS_WGRAD if pass_name == "grad_weight" else WINOGRAD_MIN_CHANNELS
-        if min(g.channels_per_group, g.filters_per_group) >= needed:
-            return "winograd"  # C1, C2, D3: 1.2x-5x the column-buffer algorithms
-    if pass_name == "forward":
-        # im2col at least as fast as swapped on every measured layer (1.45x on D1, 1.3x on C4, whose
-        # few input channels make the seed's large-kernel test pick swapped); the seed's exchange is
-        # kept for many-channel layers whose kernel is large beside the output (S2-like)
-        if g.channels_per_group >= 16 and seed_rule(pass_name, g) == "swapped":
-            return "swapped"
-        return "im2col"
+    if _winograd_fits(g) and min(g.channels_per_group, g.filters_per_group) >= WINOGRAD_MIN_CHANNELS:
+        return "winograd"
     if pass_name == "grad_input":
         in_area, out_area = math.prod(g.in_size), math.prod(g.out_size)
         unit_stride = all(s == 1 for s in g.stride)
-        # swapped's column buffer no larger than im2col's: C4 (equal), C6; im2col (torch's fold) otherwise
+        # swapped (its forward runs in cache-sized panels) when its column buffer is no larger than
+        # im2col's: C1 2.0x, C4 1.9x, C5 1.25x, D3 1.5x; im2col (torch's fold) otherwise (C3, C7, D1)
         if unit_stride and g.filters_per_group * in_area <= g.channels_per_group * out_area:
             return "swapped"
         return "im2col"
-    # grad_weight: fft for large stride-1 kernels (C4: 1.6x im2col), im2col otherwise (C3, D1, D2)
-    if unit_steps and math.prod(g.kernel) >= 49 and g.channels_per_group >= 32:
-        return "fft"
+    if pass_name == "forward" and g.channels_per_group >= 16 and seed_rule(pass_name, g) == "swapped":
+        return "swapped"  # the seed's exchange for many-channel layers whose kernel is large beside the output
+    # forward and grad_weight: im2col (panels / channels-last columns), as fast as or faster than swapped
+    # everywhere measured (C1 2x-3x, C4 1.3x-1.5x, D1 1.45x) and than fft on C4's 7x7 weight gradient
     return "im2col"
 
 
