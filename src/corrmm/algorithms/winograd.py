@@ -29,23 +29,33 @@ The three passes:
 Tiles: F(2, 3) (a = 4, 2.25x fewer multiplications in 2-D) and F(4, 3) (a = 6,
 4x fewer). The larger tile's transforms have larger coefficients, so its
 rounding error is larger. Measured relative error (Frobenius norm, against
-torch's float64 convolution; random normal data, 64 channels, 3x3, 28x28,
-batch 4; float16/bfloat16 compute in float32 and round once):
+torch's float64 convolution; random normal data; 2-D: 64 channels and filters,
+3x3, 28x28, batch 4, padding 1; 1-D: 64 channels, length 200):
 
-    ========  =====  ==========  ==========  ===========  ===============
-    dtype     tile   forward     grad_input  grad_weight  torch's forward
-    ========  =====  ==========  ==========  ===========  ===============
-    float32   F(2)   2.2e-7      2.2e-7      1.6e-7       1.3e-7
-    float32   F(4)   4.4e-7      4.4e-7      3.3e-7       1.3e-7
-    float64   F(2)   4.1e-16     4.1e-16     3.0e-16      2.4e-16
-    float64   F(4)   8.3e-16     8.2e-16     6.2e-16      2.4e-16
-    ========  =====  ==========  ==========  ===========  ===============
+    ====  ========  =====  =======  ==========  ===========  =====================
+    dims  dtype     tile   forward  grad_input  grad_weight  torch (fwd/gin/gw)
+    ====  ========  =====  =======  ==========  ===========  =====================
+    2-D   float32   F(2)   2.7e-7   2.7e-7      4.3e-7       2.2e-7 (forward)
+    2-D   float32   F(4)   1.7e-6   1.7e-6      2.1e-6
+    2-D   float64   F(2)   9.3e-16  5.7e-16     2.4e-15      0 (it is the reference)
+    2-D   float64   F(4)   3.2e-15  3.2e-15     5.6e-15
+    1-D   float32   F(2)   2.0e-7   2.0e-7      3.3e-7       1.4e-7 / 1.4e-7 / 5.1e-7
+    1-D   float32   F(4)   5.1e-7   5.1e-7      6.4e-7
+    1-D   float16   F(4)   3.6e-4   3.6e-4      3.6e-4       3.6e-4 / 4.6e-4 / 4.4e-4
+    1-D   bfloat16  F(4)   2.9e-3   2.9e-3      2.9e-3       2.9e-3 / 2.9e-3 / 2.9e-3
+    ====  ========  =====  =======  ==========  ===========  =====================
 
 The tests hold every algorithm to "at most twice torch's own error in the same
-dtype plus 16 units of rounding" (2^-24 for float32, i.e. about 1.2e-6 with
-torch's error above): both tiles stay inside that bound, F(4) by a factor of
-about 2.5, so ``winograd`` uses F(4, 3) wherever an output dimension has room
-for a 4-tile and F(2, 3) for smaller outputs (fewer wasted positions).
+dtype plus 16 units of rounding" (float32: 2·2.2e-7 + 16·2^-24 = 1.4e-6 for the
+2-D forward above). In 2-D float32, F(4, 3) exceeds that bound (1.7e-6; other
+interpolation points, 0, ±1, 2, -1/2, bring it to 1.2e-6, still too close),
+so ``winograd`` uses:
+
+* F(4, 3) for float16 and bfloat16 (they compute in float32 and round once:
+  the error is the final rounding's) and for 1-D float32 (5.1e-7 < 1.2e-6);
+* F(2, 3) for 2-D float32 and for float64 (whose bound, 16 units of 2^-53,
+  F(4) misses on any layer of realistic depth);
+* F(2, 3) for any output shorter than 4 positions.
 
 Limits: kernels of 3 taps in every dimension (3x3 in 2-D, 3 in 1-D), stride 1,
 dilation 1; any padding and groups. 3-D problems are refused.
