@@ -65,6 +65,7 @@ CPU_LAYERS = {
     "C2": ((8, 256, 14, 14), (256, 256, 3, 3), 1, 1),
     "C3": ((4, 3, 224, 224), (64, 3, 7, 7), 3, 2),
     "C4": ((16, 128, 16, 16), (128, 128, 7, 7), 3, 1),
+    "C5": ((64, 16, 8, 8), (32, 16, 3, 3), 1, 1),
     "D1": ((32, 1, 8, 8), (32, 1, 3, 3), 1, 1),
     "D2": ((32, 32, 8, 8), (64, 32, 3, 3), 1, 2),
     "D4": ((32, 64, 4, 4), (128, 64, 1, 1), 0, 1),
@@ -75,8 +76,8 @@ CPU_LAYERS = {
     ("C1", "forward", "im2col"), ("C1", "grad_input", "swapped"), ("C1", "grad_weight", "im2col"),
     ("C2", "forward", "winograd"), ("C2", "grad_input", "winograd"), ("C2", "grad_weight", "winograd"),
     ("C3", "forward", "im2col"), ("C3", "grad_input", "im2col"), ("C3", "grad_weight", "im2col"),
-    ("C4", "grad_weight", "im2col"), ("C4", "grad_input", "swapped"),
-    ("D1", "forward", "im2col"), ("D1", "grad_input", "im2col"),
+    ("C4", "grad_weight", "im2col"), ("C4", "grad_input", "swapped"), ("C5", "grad_input", "swapped"),
+    ("D1", "forward", "im2col"), ("D1", "grad_input", "im2col"), ("D1", "grad_weight", "swapped"),
     ("D2", "grad_input", "im2col"), ("D2", "grad_weight", "im2col"),
     ("D4", "forward", "gemm1x1"), ("D4", "grad_weight", "im2col"),
 ])

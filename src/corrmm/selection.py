@@ -24,10 +24,11 @@ cpu-small suite and the demo's layers; PERFORMANCE.md, "CPU"):
 
 * gemm1x1 for plain 1x1 layers (im2col for their weight gradient on small images);
 * winograd for 3x3 / 3-tap stride-1 layers with >= 128 channels and filters per group;
-* grad_input: swapped when stride 1 and its column buffer is no larger than
-  im2col's, else im2col (whose col2im is torch's fold);
-* forward and grad_weight: im2col (the seed's swapped for many-channel,
-  large-kernel forward passes);
+* grad_input: swapped at stride 1 when its column buffer is no larger than
+  im2col's or there are 16+ channels per group, else im2col (whose col2im is
+  torch's fold);
+* forward and grad_weight: im2col, or swapped where the seed's large-kernel test
+  holds (for the forward pass, only with 16+ channels per group);
 * depthwise layers: a ``depthwise`` algorithm where one is registered, else fft
   at stride 1.
 
@@ -146,13 +147,16 @@ def _cpu_rule(pass_name: str, g: ConvGeometry) -> str:
     if pass_name == "grad_input":
         in_area, out_area = math.prod(g.in_size), math.prod(g.out_size)
         unit_stride = all(s == 1 for s in g.stride)
-        # swapped (its forward runs in cache-sized panels) when its column buffer is no larger than
-        # im2col's: C1 2.0x, C4 1.9x, C5 1.25x, D3 1.5x; im2col (torch's fold) otherwise (C3, C7, D1)
-        if unit_stride and g.filters_per_group * in_area <= g.channels_per_group * out_area:
+        # swapped (its forward runs in cache-sized panels) at stride 1 when its column buffer is no
+        # larger than im2col's or the layer has 16+ channels per group: C1 2.0x, C4 1.9x, C5 1.25x,
+        # D3 1.5x; im2col (torch's fold) otherwise: strided (C3, C7) or few channels (D1: 15x)
+        smaller_buffer = g.filters_per_group * in_area <= g.channels_per_group * out_area
+        if unit_stride and (smaller_buffer or g.channels_per_group >= 16):
             return "swapped"
         return "im2col"
-    if pass_name == "forward" and g.channels_per_group >= 16 and seed_rule(pass_name, g) == "swapped":
-        return "swapped"  # the seed's exchange for many-channel layers whose kernel is large beside the output
+    if seed_rule(pass_name, g) == "swapped":  # a kernel large beside the output (N·R·S > Cg·P·Q)
+        if pass_name == "grad_weight" or g.channels_per_group >= 16:
+            return "swapped"  # grad_weight: D1 (one input channel) 1.3x im2col; forward: many channels only
     # forward and grad_weight: im2col (panels / channels-last columns), as fast as or faster than swapped
     # everywhere measured (C1 2x-3x, C4 1.3x-1.5x, D1 1.45x) and than fft on C4's 7x7 weight gradient
     return "im2col"
