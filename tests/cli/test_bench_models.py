@@ -111,7 +111,8 @@ def test_builtin_networks_train_on_their_input_shapes():
         batch, size = spec.cpu
         logits = model(torch.randn(spec.input_shape(batch, size)))
         assert logits.shape == (batch, spec.num_classes)
-        kinds = {(type(m).__name__, m.groups > 1) for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)}
+        convs = [m for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)]
+        kinds = {(type(m).__name__, m.groups > 1) for m in convs}
         assert kinds == ({("Conv1d", False)} if spec.kind == "audio" else {("Conv2d", False), ("Conv2d", True)})
 
 

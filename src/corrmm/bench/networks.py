@@ -39,7 +39,7 @@ class M5Audio(nn.Module):
 
 
 class InvertedResidual(nn.Module):
-    """MobileNetV2's block: 1x1 expansion, depthwise 3x3 (stride 1 or 2), 1x1 projection; a residual when shapes allow."""
+    """MobileNetV2's block: 1x1 expansion, depthwise 3x3 (stride 1 or 2), 1x1 projection; residual if shapes allow."""
 
     def __init__(self, c_in: int, c_out: int, stride: int, expansion: int = 4):
         super().__init__()

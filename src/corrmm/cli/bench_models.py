@@ -36,9 +36,11 @@ def add_arguments(parser) -> None:
     group.add_argument("--modes", nargs="+", metavar="MODE",
                        help="eager, compiled (default: both on a GPU, eager on the CPU)")
     group.add_argument("--batch", type=int, help="batch size for every model (default: each model's own)")
-    group.add_argument("--image-size", type=int, help="pixels per side (samples for m5_audio; default: each model's own)")
+    group.add_argument("--image-size", type=int,
+                       help="pixels per side (samples for m5_audio; default: each model's own)")
     group.add_argument("--steps", type=int, help="timed training steps per case (default 20 on a GPU, 3 on the CPU)")
-    group.add_argument("--warmup-steps", type=int, help="untimed steps first, at least 1 (default 5 on a GPU, 1 on the CPU)")
+    group.add_argument("--warmup-steps", type=int,
+                       help="untimed steps first, at least 1 (default 5 on a GPU, 1 on the CPU)")
 
 
 def _split(values: Optional[Sequence[str]]) -> List[str]:
@@ -72,7 +74,8 @@ def _plan(args) -> model_bench.ModelPlan:
     return model_bench.ModelPlan(
         device=device, dtypes=dtypes, models=model_bench.resolve_models(_split(args.models)),
         modes=[m for m in model_bench.MODES if m in modes],
-        steps=_positive(args.steps, "--steps") or steps, warmup_steps=_positive(args.warmup_steps, "--warmup-steps") or warmup,
+        steps=_positive(args.steps, "--steps") or steps,
+        warmup_steps=_positive(args.warmup_steps, "--warmup-steps") or warmup,
         batch=_positive(args.batch, "--batch"), size=_positive(args.image_size, "--image-size"),
         check=not args.no_check, seed=args.seed)
 
