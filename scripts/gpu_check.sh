@@ -77,7 +77,7 @@ if [[ $run_tests == 1 ]]; then
     pytest_args=${PYTEST_ARGS:--q -x}
     if [[ ${#tier_args[@]} -gt 0 ]]; then
         export CORRMM_AUTOTUNE="${CORRMM_AUTOTUNE:-0}"  # one tile config per kernel: tuning every test shape dominates
-        pytest_args="$pytest_args --durations=15"
+        pytest_args="--durations=15 $pytest_args"  # a --durations in PYTEST_ARGS wins
     fi
     echo "== tests on CUDA ${tier_args[*]:-(everything)}, CORRMM_AUTOTUNE=${CORRMM_AUTOTUNE:-1}" | tee "$OUT/tests.log"
     started=$SECONDS
