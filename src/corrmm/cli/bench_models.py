@@ -84,8 +84,9 @@ def _progress_line(item) -> str:
     if isinstance(item, model_bench.ModelCheck):
         if item.logits_rel_err is None:
             return f"{item.dtype} {item.model} check: {item.status} {item.detail}"
-        return (f"{item.dtype} {item.model} check: {item.status}, relative error of logits {item.logits_rel_err:.1e}, "
-                f"gradients {item.grads_rel_err:.1e}")
+        return (f"{item.dtype} {item.model} check: {item.status}; relative error against float64, corrmm / torch: "
+                f"logits {item.logits_rel_err:.1e} / {item.torch_logits_rel_err:.1e}, "
+                f"gradients {item.grads_rel_err:.1e} / {item.torch_grads_rel_err:.1e}")
     if item.status != "ok":
         return f"{item.dtype} {item.model} {item.mode} {item.side}: {item.status} {item.detail}"
     return (f"{item.dtype} {item.model} {item.mode} {item.side}: {item.images_per_s:.4g} img/s, "
