@@ -18,8 +18,9 @@
 #
 # The benchmark phase also runs scripts/host_overhead.py (host µs per call, layer by layer).
 #
-# --tier and --shard run the tests alone, with CORRMM_AUTOTUNE=0 unless it is set
-# (tests/tiers.py says what each holds). Unrecognised arguments are passed to
+# --tier and --shard run the tests alone, with CORRMM_AUTOTUNE=0 unless it is set,
+# in CORRMM_TEST_WORKERS processes (default 8; 0: one) when pytest-xdist is
+# installed (tests/tiers.py says what each holds). Unrecognised arguments are passed to
 # `corrmm bench` too. PYTEST_ARGS adds pytest options (default: -q -x; tier and
 # shard runs add --durations=15). Logs and results land in $OUT (default ./out):
 # env.log, tests.log, host.log, host_overhead.log, bench.log, bench.json, bench.png.
@@ -78,6 +79,12 @@ if [[ $run_tests == 1 ]]; then
     if [[ ${#tier_args[@]} -gt 0 ]]; then
         export CORRMM_AUTOTUNE="${CORRMM_AUTOTUNE:-0}"  # one tile config per kernel: tuning every test shape dominates
         pytest_args="--durations=15 $pytest_args"  # a --durations in PYTEST_ARGS wins
+        # new geometries compile new kernels, on the CPU: spread the tests over processes when
+        # pytest-xdist is there (CORRMM_TEST_WORKERS=0 runs them in one)
+        workers="${CORRMM_TEST_WORKERS:-8}"
+        if [[ $workers != 0 ]] && python3 -c "import xdist" 2>/dev/null; then
+            pytest_args="-n $workers $pytest_args"
+        fi
     fi
     echo "== tests on CUDA ${tier_args[*]:-(everything)}, CORRMM_AUTOTUNE=${CORRMM_AUTOTUNE:-1}" | tee "$OUT/tests.log"
     started=$SECONDS

@@ -12,8 +12,9 @@ scripts/gpu_check.sh runs either
 
 Quick selection, per test function, deterministic (it depends only on the collection):
 
-    1. tests under QUICK_EXCLUDED paths are left out (compile, integrations, command line,
-       and the tiers' own tests, which collect the suite again);
+    1. tests under QUICK_EXCLUDED paths are left out: compile, integrations, command line,
+       the tiers' own tests (they collect the suite again), the random geometries of
+       test_properties (each one compiles kernels anew) and the tuner (it times candidates);
     2. a function with parametrisations marked ``pytest.mark.quick`` keeps just those
        (the reference grid marks a few geometries, which every algorithm and dtype runs);
     3. any other function keeps at most QUICK_MAX_CASES parametrisations, evenly spaced
@@ -24,8 +25,11 @@ from __future__ import annotations
 from typing import Callable, Dict, List, Sequence
 
 QUICK_EXCLUDED = ("tests/test_compile.py", "tests/test_ops_compile.py", "tests/integrations/", "tests/cli/",
-                  "tests/bench/", "tests/test_tiers.py")
-QUICK_MAX_CASES = 8
+                  "tests/bench/", "tests/test_tiers.py", "tests/test_properties.py", "tests/test_tuning.py")
+#: on the GPU nearly every new geometry compiles new kernels (about a second each), so the
+#: quick tier keeps few of them: a serial run of an earlier, larger selection (355 tests) had
+#: done 244 after 4.5 minutes on the H100
+QUICK_MAX_CASES = 4
 
 GRID = "tests/algorithms/test_reference_grid.py::test_matches_reference"
 #: the reference grid is split this many ways (grid-a, grid-b, ...), item by item in turn, so
