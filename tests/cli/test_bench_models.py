@@ -108,7 +108,7 @@ def test_missing_torchvision_is_a_one_line_error(monkeypatch, capsys):
     assert main(["bench", "--models", "resnet18", "m5_audio", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
-    assert "['resnet18'] need torchvision" in err and "m5_audio" in err and "small_cnn" in err
+    assert "torchvision, needed by models ['resnet18'], does not import" in err and "m5_audio" in err and "small_cnn" in err
     # with no names, the models that run here
     assert model_bench.resolve_models([]) == model_bench.builtin_models() == ["m5_audio", "small_cnn"]
 

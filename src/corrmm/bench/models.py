@@ -100,21 +100,22 @@ class MissingTorchvision(RuntimeError):
 
 def _torchvision_builder(module: str, name: str, num_classes: int) -> Callable[[], torch.nn.Module]:
     def build() -> torch.nn.Module:
-        models = import_torchvision(module)
+        models = import_torchvision(module, needed_by=name)
         return getattr(models, name)(weights=None, num_classes=num_classes)
     return build
 
 
-def import_torchvision(module: str = "models"):
-    """``torchvision.models`` (or ``torchvision.models.<module>``), or MissingTorchvision saying why not."""
+def import_torchvision(module: str = "models", needed_by: str = "torchvision's models"):
+    """``torchvision.<module>``, or MissingTorchvision: one line saying why not and what to do."""
     import importlib
     try:
         return importlib.import_module(f"torchvision.{module}")
     except Exception as err:  # absent, or built for another torch (then its C++ ops fail to register)
-        reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        text = str(err).strip()
+        reason = f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
         raise MissingTorchvision(
-            f"torchvision does not import here ({reason}); install the torchvision built for torch "
-            f"{torch.__version__}, or pick among the built-in models {builtin_models()}") from None
+            f"torchvision, needed by {needed_by}, does not import here ({reason}); install the torchvision "
+            f"built for torch {torch.__version__}, or pick among the built-in models {builtin_models()}") from None
 
 
 MODELS: Dict[str, ModelSpec] = {spec.name: spec for spec in [
@@ -157,11 +158,7 @@ def resolve_models(requested: Sequence[str]) -> List[str]:
     names = [name for name in MODELS if name in set(requested)]
     needing = [name for name in names if MODELS[name].torchvision]
     if needing:
-        try:
-            import_torchvision()
-        except MissingTorchvision as err:
-            raise MissingTorchvision(f"models {needing} need torchvision, which {str(err)[len('torchvision '):]}") \
-                from None
+        import_torchvision(needed_by=f"models {needing}")
     return names
 
 
