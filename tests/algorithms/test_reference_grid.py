@@ -57,6 +57,17 @@ CASES = (_cases(SHAPES_2D, BORDER_MODES_2D, STRIDE_DILATION_2D)
                   [((1, 1, 1), (1, 1, 1)), ((2, 1, 3), (1, 2, 1))]))
 
 
+#: the few geometries of the quick tier (tests/tiers.py), run by every algorithm in every dtype; between
+#: them: groups, depthwise, asymmetric padding, stride, dilation, a kernel larger than the image, 1-D, 3-D
+QUICK_CASES = [
+    (SHAPES_2D[1], ((1, 3), (0, 2)), (2, 4), (1, 2)),
+    (SHAPES_2D[3], "full", (3, 2), (2, 1)),
+    (SHAPES_2D[5], "half", (2, 2), (1, 1)),
+    (SHAPES_1D[1], "full", (2,), (2,)),
+    (SHAPES_3D[1], ((1, 0), (0, 2), (1, 1)), (2, 1, 3), (1, 2, 1)),
+]
+
+
 def _case_id(case):
     (n, c, size, k, kernel, g), bm, s, d = case
     return f"{len(size)}d-n{n}c{c}x{'x'.join(map(str, size))}-k{k}r{'x'.join(map(str, kernel))}g{g}-{bm}-s{s}-d{d}"
@@ -104,7 +115,8 @@ def _grid():
                     continue
                 cases = CASES[::11]
             for case in cases:
-                yield pytest.param(algo, dtype, case, id=f"{algo}-{str(dtype)[6:]}-{_case_id(case)}")
+                yield pytest.param(algo, dtype, case, id=f"{algo}-{str(dtype)[6:]}-{_case_id(case)}",
+                                   marks=[pytest.mark.quick] if case in QUICK_CASES else [])
 
 
 @pytest.mark.parametrize("algo,dtype,case", list(_grid()))

@@ -1,7 +1,7 @@
 """The measurement loop: every candidate on every layer, pass and dtype.
 
 A *candidate* is a corrmm algorithm name, ``auto``, ``tune`` or ``torch``
-(``F.conv2d`` and ``aten.convolution_backward``: cuDNN on a GPU, oneDNN on the
+(``F.conv1d/2d/3d`` and ``aten.convolution_backward``: cuDNN on a GPU, oneDNN on the
 CPU). Each (dtype, layer, pass, candidate) gives exactly one
 :class:`Measurement`, whatever happens, so a report can always be laid out:
 
@@ -157,21 +157,24 @@ def _auto_choice(pass_name: str, layer: Layer, device: torch.device, dtype: torc
 def _corrmm_call(pass_name: str, algo: str, x, w, dy, layer: Layer) -> Callable[[], torch.Tensor]:
     kw = dict(border_mode=layer.pad, subsample=layer.stride, filter_dilation=layer.dilation,
               num_groups=layer.groups, algo=algo)
+    corr = f"corr{layer.dims}d"
     if pass_name == "forward":
-        return lambda: corrmm.corr2d(x, w, **kw)
+        return lambda: getattr(corrmm, corr)(x, w, **kw)
     if pass_name == "grad_input":
-        return lambda: corrmm.corr2d_grad_input(w, dy, x.shape[2:], **kw)
-    return lambda: corrmm.corr2d_grad_weight(x, dy, w.shape[2:], **kw)
+        return lambda: getattr(corrmm, f"{corr}_grad_input")(w, dy, x.shape[2:], **kw)
+    return lambda: getattr(corrmm, f"{corr}_grad_weight")(x, dy, w.shape[2:], **kw)
 
 
 def _torch_call(pass_name: str, x, w, dy, layer: Layer) -> Callable[[], torch.Tensor]:
-    s, p, d, g = [layer.stride] * 2, [layer.pad] * 2, [layer.dilation] * 2, layer.groups
+    n = layer.dims
+    s, p, d, g = [layer.stride] * n, [layer.pad] * n, [layer.dilation] * n, layer.groups
+    conv = (F.conv1d, F.conv2d, F.conv3d)[n - 1]
     if pass_name == "forward":
-        return lambda: F.conv2d(x, w, stride=s, padding=p, dilation=d, groups=g)
+        return lambda: conv(x, w, stride=s, padding=p, dilation=d, groups=g)
     # one gradient at a time, the way the anchor numbers were measured
     mask = [True, False, False] if pass_name == "grad_input" else [False, True, False]
     index = 0 if pass_name == "grad_input" else 1
-    return lambda: torch.ops.aten.convolution_backward(dy, x, w, None, s, p, d, False, [0, 0], g, mask)[index]
+    return lambda: torch.ops.aten.convolution_backward(dy, x, w, None, s, p, d, False, [0] * n, g, mask)[index]
 
 
 def _first_line(err: BaseException) -> str:

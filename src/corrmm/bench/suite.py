@@ -1,17 +1,24 @@
-"""Benchmark suites: 2-D convolution layers read from CSV files.
+"""Benchmark suites: convolution layers read from CSV files.
 
 A suite is a CSV file whose header names its columns::
 
     name,batch,channels,height,width,filters,kernel_h,kernel_w,stride,pad
 
-and may add ``dilation`` and ``groups`` (default 1). ``stride``, ``pad`` and
-``dilation`` are single ints applied to both spatial dimensions, as in the
-convnet-benchmarks tables. Blank lines and lines starting with ``#`` are skipped.
+and may add ``dilation`` and ``groups`` (default 1) and, for 1-D and 3-D
+layers, ``dims`` (1, 2 or 3; default 2), ``depth`` and ``kernel_d`` (default 1).
+A 1-D layer runs along ``width``/``kernel_w`` (its ``height`` and ``kernel_h``
+must be 1); a 3-D layer adds ``depth``/``kernel_d`` in front. ``stride``,
+``pad`` and ``dilation`` are single ints applied to every spatial dimension, as
+in the convnet-benchmarks tables. Blank lines and lines starting with ``#`` are
+skipped.
 
 Shipped suites (``corrmm/bench/suites/``):
 
     convnet     the 12 layers of DESIGN section 5 (L1-L5, S1, S2, R1-R5), GPU-sized
     cpu-small   the CPU layers of issue 12 (3x3, 7x7, strided, depthwise) and the demo's strided layer
+    models      the convolutions of the ``--models`` networks that convnet lacks: depthwise
+                (MobileNetV2 3x3, ConvNeXt 7x7), grouped (ResNeXt), strided 1x1 shortcuts,
+                patchify stems, 3-D (R3D-18) and 1-D (the M5 audio net), GPU-sized
 """
 from __future__ import annotations
 
@@ -24,15 +31,18 @@ from typing import List, Optional, Sequence, Tuple
 
 from ..geometry import ConvGeometry, make_geometry
 
-BUILTIN_SUITES = {"convnet": "convnet.csv", "cpu-small": "cpu_small.csv"}
+BUILTIN_SUITES = {"convnet": "convnet.csv", "cpu-small": "cpu_small.csv", "models": "models.csv"}
 REQUIRED_COLUMNS = ("name", "batch", "channels", "height", "width", "filters", "kernel_h", "kernel_w",
                     "stride", "pad")
-OPTIONAL_COLUMNS = {"dilation": 1, "groups": 1}
+OPTIONAL_COLUMNS = {"dilation": 1, "groups": 1, "dims": 2, "depth": 1, "kernel_d": 1}
 
 
 @dataclass(frozen=True)
 class Layer:
-    """One correlation problem: input (batch, channels, height, width), weight (filters, channels/groups, kh, kw)."""
+    """One correlation problem: input (batch, channels, *spatial), weight (filters, channels/groups, *kernel).
+
+    ``spatial`` is (width,), (height, width) or (depth, height, width) as ``dims`` is 1, 2 or 3.
+    """
 
     name: str
     batch: int
@@ -46,14 +56,35 @@ class Layer:
     pad: int = 0
     dilation: int = 1
     groups: int = 1
+    dims: int = 2
+    depth: int = 1
+    kernel_d: int = 1
+
+    def __post_init__(self):
+        if self.dims not in (1, 2, 3):
+            raise ValueError(f"layer {self.name}: dims must be 1, 2 or 3, got {self.dims}")
+        if self.dims < 3 and (self.depth, self.kernel_d) != (1, 1):
+            raise ValueError(f"layer {self.name}: depth and kernel_d are for dims=3 only, got depth={self.depth}, "
+                             f"kernel_d={self.kernel_d} with dims={self.dims}")
+        if self.dims == 1 and (self.height, self.kernel_h) != (1, 1):
+            raise ValueError(f"layer {self.name}: a 1-D layer runs along width; height and kernel_h must be 1, "
+                             f"got height={self.height}, kernel_h={self.kernel_h}")
 
     @property
-    def input_shape(self) -> Tuple[int, int, int, int]:
-        return (self.batch, self.channels, self.height, self.width)
+    def spatial(self) -> Tuple[int, ...]:
+        return (self.depth, self.height, self.width)[3 - self.dims:]
 
     @property
-    def weight_shape(self) -> Tuple[int, int, int, int]:
-        return (self.filters, self.channels // self.groups, self.kernel_h, self.kernel_w)
+    def kernel(self) -> Tuple[int, ...]:
+        return (self.kernel_d, self.kernel_h, self.kernel_w)[3 - self.dims:]
+
+    @property
+    def input_shape(self) -> Tuple[int, ...]:
+        return (self.batch, self.channels, *self.spatial)
+
+    @property
+    def weight_shape(self) -> Tuple[int, ...]:
+        return (self.filters, self.channels // self.groups, *self.kernel)
 
     @property
     def geometry(self) -> ConvGeometry:
@@ -67,11 +98,11 @@ class Layer:
 
     def describe(self) -> str:
         """A short label in the style of the DESIGN table: ``64x56x56 k3 ->64 bs64 p1``."""
-        kernel = f"k{self.kernel_h}" if self.kernel_h == self.kernel_w else f"k{self.kernel_h}x{self.kernel_w}"
+        kernel = f"k{self.kernel[0]}" if len(set(self.kernel)) == 1 else "k" + "x".join(map(str, self.kernel))
         extras = "".join(f" {tag}{value}" for tag, value, default in
                          (("s", self.stride, 1), ("p", self.pad, 0), ("d", self.dilation, 1),
                           ("g", self.groups, 1)) if value != default)
-        return (f"{self.channels}x{self.height}x{self.width} {kernel} ->{self.filters} "
+        return (f"{self.channels}x{'x'.join(map(str, self.spatial))} {kernel} ->{self.filters} "
                 f"bs{self.batch}{extras}")
 
     def to_dict(self) -> dict:
@@ -107,8 +138,8 @@ def _parse_rows(text: str, source: str) -> List[Layer]:
         if not name or name in seen:
             raise ValueError(f"{source}, row {number}: layer names must be non-empty and unique, got {name!r}")
         seen.add(name)
-        layer = Layer(name=name, **values)
         try:
+            layer = Layer(name=name, **values)
             layer.geometry  # validates channels, groups and the output size now, not mid-benchmark
         except ValueError as err:
             raise ValueError(f"{source}, row {number} ({name}): {err}") from None

@@ -11,6 +11,8 @@ is timed but marked with "!" and never counted as best).
     corrmm bench                                   # convnet suite, bf16 + tf32 on a GPU; cpu-small, fp32 on a CPU
     corrmm bench --layers L1,S2,R1 --passes forward --dtype bf16
     corrmm bench --suite my_layers.csv --json out.json --plot out.png --quick
+    corrmm bench --suite models                    # depthwise, grouped, 3-D and 1-D layers of the models below
+    corrmm bench --models resnet18 m5_audio        # training steps of whole models (see --models below)
 
 Exit status: 0, or 1 when some result was wrong or some candidate failed with
 an error other than "cannot serve this case" or out of memory.
@@ -32,6 +34,7 @@ from ..bench.runner import DTYPES, PASSES, TORCH
 from ..bench.suite import BUILTIN_SUITES, load_suite, select_layers
 from ..bench.timing import TimingConfig, method_name
 from . import usage
+from . import bench_models
 
 PASS_ALIASES = {"fwd": "forward", "forward": "forward", "grad_input": "grad_input", "grad_in": "grad_input",
                 "dgrad": "grad_input", "grad_weight": "grad_weight", "grad_w": "grad_weight", "wgrad": "grad_weight"}
@@ -61,6 +64,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (torch.set_num_threads); "
                         "1 gives steadier CPU timings on a shared machine")
+    bench_models.add_arguments(parser)
 
 
 def _split(values: Optional[Sequence[str]]) -> List[str]:
@@ -176,6 +180,8 @@ def _measure_all(layers, plan, show_progress: bool):
 
 
 def run(args) -> int:
+    if args.models is not None:
+        return bench_models.run(args)
     try:
         suite_name, layers, plan = _plan(args)
     except (_UsageError, ValueError) as err:
