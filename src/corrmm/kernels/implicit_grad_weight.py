@@ -101,7 +101,7 @@ _SUM_LAUNCH_SECONDS = 4e-6
 
 
 @triton.autotune(configs=GRAD_WEIGHT_CONFIGS,
-                 key=["M_BUCKET", "N_BUCKET", "K_BUCKET", "FLAT_N", "PIXELS_INNER", "INPUT_PRECISION"],
+                 key=["M_BUCKET", "N_BUCKET", "K_BUCKET", "FLAT_N", "PIXELS_INNER", "DEPTH", "INPUT_PRECISION"],
                  prune_configs_by={"early_config_prune": common.prune_configs("x_ptr")})
 @triton.jit
 def implicit_grad_weight_kernel(
@@ -120,8 +120,8 @@ def implicit_grad_weight_kernel(
     # autotuning keys only
     M_BUCKET, N_BUCKET, K_BUCKET,
     # meta-parameters
-    FLAT_N: tl.constexpr, PIXELS_INNER: tl.constexpr, WIDE_INDEX: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    FLAT_N: tl.constexpr, PIXELS_INNER: tl.constexpr, DEPTH: tl.constexpr, WIDE_INDEX: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # ---- program id -> (split, m-tile, n-tile)
@@ -163,78 +163,91 @@ def implicit_grad_weight_kernel(
     x_cols = (widen(group * Cg + c, WIDE_INDEX) * stride_xc + widen(tap_d, WIDE_INDEX) * stride_xd
               + widen(tap_h, WIDE_INDEX) * stride_xh + widen(tap_w, WIDE_INDEX) * stride_xw)
 
-    # ---- the pixel digits of k = 0 .. BLOCK_K-1, computed once
+    # ---- the pixel digits of k = 0 .. BLOCK_K-1 (vectors) and of the step BLOCK_K (scalars), computed once
     offs_k = tl.arange(0, BLOCK_K)
     kq = offs_k % Q
     kp = (offs_k // Q) % P
-    ko = (offs_k // Q // P) % O
-    kn = offs_k // Q // P // O
+    step_q = BLOCK_K % Q
+    step_p = (BLOCK_K // Q) % P
+    if DEPTH:
+        ko = (offs_k // Q // P) % O
+        kn = offs_k // Q // P // O
+        step_o = (BLOCK_K // Q // P) % O
+        step_n = BLOCK_K // Q // P // O
+    else:
+        kn = offs_k // Q // P
+        step_n = BLOCK_K // Q // P
 
-    # ---- this split's range of the reduction over (n, o, p, q)
+    # ---- this split's range of the reduction over (n, o, p, q), and the digits of its first pixel
     plane = P * Q
     volume = widen(O * plane, WIDE_INDEX)
     k_start = widen(split, WIDE_INDEX) * k_per_split
     k_end = tl.minimum(k_start + k_per_split, N * volume)
+    n0 = k_start // volume
+    rest = (k_start - n0 * volume).to(tl.int32)
+    o0 = rest // plane
+    rest -= o0 * plane
+    p0 = rest // Q
+    q0 = rest - p0 * Q
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
 
     # ---- K loop
     for i0 in range(k_start, k_end, BLOCK_K):
-        # digits of the block's first pixel (scalars), then of each pixel (one carry per digit)
-        n0 = i0 // volume
-        rest = (i0 - n0 * volume).to(tl.int32)
-        o0 = rest // plane
-        rest -= o0 * plane
-        p0 = rest // Q
-        q0 = rest - p0 * Q
+        # each pixel's digits: the block's first pixel plus k's digits, one carry per digit
         q = q0 + kq
         carry = q >= Q
         q = tl.where(carry, q - Q, q)
         p = p0 + kp + carry.to(tl.int32)
         carry = p >= P
         p = tl.where(carry, p - P, p)
-        o = o0 + ko + carry.to(tl.int32)
-        carry = o >= O
-        o = tl.where(carry, o - O, o)
+        if DEPTH:
+            o = o0 + ko + carry.to(tl.int32)
+            carry = o >= O
+            o = tl.where(carry, o - O, o)
         n = n0 + kn + carry.to(tl.int32)
         k_valid = offs_k < k_end - i0
 
-        pixel_dy = n * stride_dyn + o * stride_dyo + p * stride_dyp + q * stride_dyq
         # input position of tap 0 (the padding is folded into the tap offsets)
-        d_in = o * conv_stride_d
         h_in = p * conv_stride_h
         w_in = q * conv_stride_w
-        pixel_x = n * stride_xn + d_in * stride_xd + h_in * stride_xh + w_in * stride_xw
+        pixel_dy = n * stride_dyn + p * stride_dyp + q * stride_dyq
+        pixel_x = n * stride_xn + h_in * stride_xh + w_in * stride_xw
+        if DEPTH:
+            d_in = o * conv_stride_d
+            pixel_dy += o * stride_dyo
+            pixel_x += d_in * stride_xd
+        else:
+            d_in = h_in  # unused: a 2-D problem has one depth position
+        a = tl.load(dy_ptr + dy_rows[:, None] + pixel_dy[None, :],
+                    mask=m_valid[:, None] & k_valid[None, :], other=0.0)
         if PIXELS_INNER:
-            a = tl.load(dy_ptr + dy_rows[:, None] + pixel_dy[None, :],
-                        mask=m_valid[:, None] & k_valid[None, :], other=0.0)
-            if FLAT_N:
-                d = tap_d[:, None] + d_in[None, :]
-                h = tap_h[:, None] + h_in[None, :]
-                w = tap_w[:, None] + w_in[None, :]
-                inside = (d >= 0) & (d < D) & (h >= 0) & (h < H) & (w >= 0) & (w < W) & k_valid[None, :]
-            else:
-                d = tap_d + d_in
-                h = tap_h + h_in
-                w = tap_w + w_in
-                inside = ((d >= 0) & (d < D) & (h >= 0) & (h < H) & (w >= 0) & (w < W) & k_valid)[None, :]
-            # (channels x pixels), pixels contiguous: its transpose is a K-major B tile
+            # (channels x pixels), pixels along the rows: its transpose is a K-major B tile
+            inside = _inside(tap_d, tap_h, tap_w, d_in, h_in, w_in, D, H, W, FLAT_N, DEPTH)
+            if not FLAT_N:
+                inside = inside[None, :]
+            inside = inside & k_valid[None, :]
             b_t = tl.load(x_ptr + x_cols[:, None] + pixel_x[None, :], mask=inside & n_valid[:, None], other=0.0)
             b = tl.trans(b_t)
         else:
-            a = tl.load(dy_ptr + dy_rows[:, None] + pixel_dy[None, :],
-                        mask=m_valid[:, None] & k_valid[None, :], other=0.0)
-            if FLAT_N:
-                d = d_in[:, None] + tap_d[None, :]
-                h = h_in[:, None] + tap_h[None, :]
-                w = w_in[:, None] + tap_w[None, :]
-                inside = (d >= 0) & (d < D) & (h >= 0) & (h < H) & (w >= 0) & (w < W) & k_valid[:, None]
-            else:
-                d = d_in + tap_d
-                h = h_in + tap_h
-                w = w_in + tap_w
-                inside = ((d >= 0) & (d < D) & (h >= 0) & (h < H) & (w >= 0) & (w < W) & k_valid)[:, None]
+            inside = _inside(d_in, h_in, w_in, tap_d, tap_h, tap_w, D, H, W, FLAT_N, DEPTH)
+            if not FLAT_N:
+                inside = inside[:, None]
+            inside = inside & k_valid[:, None]
             b = tl.load(x_ptr + pixel_x[:, None] + x_cols[None, :], mask=inside & n_valid[None, :], other=0.0)
         acc = multiply_accumulate(acc, a, b, INPUT_PRECISION, UPCAST)
+
+        # the next block's first pixel: add the step's digits with carries (no division in the loop)
+        q0 += step_q
+        carry0 = (q0 >= Q).to(tl.int32)
+        q0 -= carry0 * Q
+        p0 += step_p + carry0
+        carry0 = (p0 >= P).to(tl.int32)
+        p0 -= carry0 * P
+        if DEPTH:
+            o0 += step_o + carry0
+            carry0 = (o0 >= O).to(tl.int32)
+            o0 -= carry0 * O
+        n0 += step_n + carry0
 
     # ---- epilogue: dw[g·Kg + k, c, t, r, s], or this split's partial of it
     dw_rows = widen(split, WIDE_INDEX) * stride_dwsplit + widen(group * Kg + offs_m, WIDE_INDEX) * stride_dwk
@@ -242,6 +255,26 @@ def implicit_grad_weight_kernel(
                + widen(r, WIDE_INDEX) * stride_dwr + widen(s, WIDE_INDEX) * stride_dws)
     dw_ptrs = dw_ptr + dw_rows[:, None] + dw_cols[None, :]
     tl.store(dw_ptrs, acc.to(dw_ptr.dtype.element_ty), mask=m_valid[:, None] & n_valid[None, :])
+
+
+@triton.jit
+def _inside(rows_d, rows_h, rows_w, cols_d, cols_h, cols_w, D, H, W, FLAT_N: tl.constexpr, DEPTH: tl.constexpr):
+    """Whether input position rows + cols lies inside the image: a (rows x cols) mask with FLAT_N,
+    else a vector (one side's offsets are the tap's scalars). The depth test only for 3-D problems."""
+    if FLAT_N:
+        h = rows_h[:, None] + cols_h[None, :]
+        w = rows_w[:, None] + cols_w[None, :]
+    else:
+        h = rows_h + cols_h
+        w = rows_w + cols_w
+    inside = (h >= 0) & (h < H) & (w >= 0) & (w < W)
+    if DEPTH:
+        if FLAT_N:
+            d = rows_d[:, None] + cols_d[None, :]
+        else:
+            d = rows_d + cols_d
+        inside = inside & (d >= 0) & (d < D)
+    return inside
 
 
 @triton.jit
@@ -411,7 +444,7 @@ class _GradWeightPlan:
             # N_BUCKET: a tile's columns span the whole patch when flat, one tap's channels otherwise
             common.bucket(Kg), common.bucket(patch if flat else Cg), common.bucket(k_per_split),
         )
-        meta = dict(FLAT_N=flat, PIXELS_INNER=pixels, WIDE_INDEX=wide, INPUT_PRECISION=common.dot_precision(x.dtype),
+        meta = dict(FLAT_N=flat, PIXELS_INNER=pixels, DEPTH=(D, O, T) != (1, 1, 1), WIDE_INDEX=wide, INPUT_PRECISION=common.dot_precision(x.dtype),
                     UPCAST=common.upcast_operands(x.dtype), ACC_DTYPE=common.accumulator_dtype(x.dtype))
         self.gemm = common.KernelLaunch(implicit_grad_weight_kernel, grid, scalars, meta)
         if splits > 1:
