@@ -412,7 +412,11 @@ class _GradWeightPlan:
         reduction = N * O * P * Q
         patch = Cg * T * R * S
         if splits is None:
-            tiles = common.cdiv(Kg, _MODEL_TILE) * common.cdiv(patch, _MODEL_TILE) * G
+            if flat:
+                columns = common.cdiv(patch, _MODEL_TILE)
+            else:  # one tap's channels per tile: a 64-channel layer has one 64-wide tile per tap
+                columns = T * R * S * common.cdiv(Cg, min(_MODEL_TILE, max(16, common.bucket(Cg))))
+            tiles = common.cdiv(Kg, _MODEL_TILE) * columns * G
             splits = choose_splits(tiles, reduction, g.out_channels * patch, x.element_size(), x.device,
                                    x.element_size())
         # a multiple of 256 is a multiple of every BLOCK_K, so only the last split has a ragged end
