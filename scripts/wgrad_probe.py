@@ -68,7 +68,7 @@ def main():
 
             def cudnn():
                 return torch.ops.aten.convolution_backward(
-                    dy, x, w, None, [stride] * 2, [pad] * 2, [1, 1], False, [0, 0], 1, [False, False, True])[2]
+                    dy, x, w, None, [stride] * 2, [pad] * 2, [1, 1], False, [0, 0], 1, [False, True, False])[1]
 
             reference = cudnn().double()
             candidates = {"cudnn": cudnn}

@@ -71,17 +71,35 @@ from ..geometry import ConvGeometry
 from . import common
 from .common import multiply_accumulate, widen
 
-#: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); the K loop is long, so deep pipelines
-GRAD_WEIGHT_CONFIGS = common.make_configs([
+#: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); the K loop is long, so deep pipelines.
+#: 16-bit operands step 64 pixels (16-byte vector copies); 32-bit ones 32 (one 4-byte copy and one
+#: pointer per element: wider steps run out of registers)
+_TILES_16BIT = [
     (128, 128, 64, 8, 3),
     (128, 256, 64, 8, 3),
-    (128, 128, 32, 8, 4),
     (64, 128, 64, 4, 4),
     (128, 64, 64, 4, 4),
     (64, 64, 64, 4, 4),
     (128, 32, 64, 4, 4),
     (64, 16, 64, 4, 4),
-])
+]
+_TILES_32BIT = [
+    (128, 128, 32, 8, 3),
+    (64, 128, 32, 4, 4),
+    (128, 64, 32, 4, 4),
+    (64, 64, 32, 4, 4),
+    (128, 32, 32, 4, 4),
+    (64, 16, 32, 4, 4),
+]
+GRAD_WEIGHT_CONFIGS = common.make_configs(_TILES_16BIT + _TILES_32BIT)
+
+
+def _prune(configs, named_args, **kwargs):
+    """The tile list of the operands' element size, then corrmm's shared-memory and waste pruning."""
+    wide = named_args["x_ptr"].element_size() >= 4
+    own = [c for c in configs if (c.kwargs["BLOCK_K"] <= 32) == wide] or configs
+    return common.prune_configs("x_ptr")(own, named_args, **kwargs)
+
 
 #: the nominal tile of the split-K cost model (the tuned tile is not known before launch)
 _MODEL_TILE = 128
@@ -102,7 +120,7 @@ _SUM_LAUNCH_SECONDS = 4e-6
 
 @triton.autotune(configs=GRAD_WEIGHT_CONFIGS,
                  key=["M_BUCKET", "N_BUCKET", "K_BUCKET", "FLAT_N", "PIXELS_INNER", "DEPTH", "INPUT_PRECISION"],
-                 prune_configs_by={"early_config_prune": common.prune_configs("x_ptr")})
+                 prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def implicit_grad_weight_kernel(
     # pointers (dw_ptr: the output, or the fp32 partial workspace when split)
