@@ -74,7 +74,9 @@ def main():
             candidates = {"cudnn": cudnn}
             for algo in args.algos:
                 candidates[algo] = (lambda a: lambda: corrmm.corr2d_grad_weight(
-                    x, dy, (k, k), border_mode=pad, subsample=stride, algo=a))(algo)
+                    x, dy, (k, k), border_mode=pad, subsample=stride, algo=a.split(":")[0]))(algo)
+                if algo.endswith(":channels"):  # the implicit kernel with channels-innermost tiles for every dtype
+                    candidates[algo] = channels_inner(candidates[algo])
             for name, fn in candidates.items():
                 try:
                     out = fn()
@@ -98,6 +100,19 @@ def main():
             json.dump(rows, f, indent=1)
     if not args.warm_only:
         summary(rows)
+
+
+def channels_inner(fn):
+    """fn run with the weight-gradient kernel reading channels innermost (NHWC) whatever the dtype."""
+    from corrmm.kernels import implicit_grad_weight as kgw
+
+    def run():
+        saved, kgw.pixels_inner = kgw.pixels_inner, lambda dtype: False
+        try:
+            return fn()
+        finally:
+            kgw.pixels_inner = saved
+    return run
 
 
 def summary(rows):

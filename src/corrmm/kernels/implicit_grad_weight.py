@@ -77,6 +77,7 @@ from .common import multiply_accumulate, widen
 _TILES_16BIT = [
     (128, 128, 64, 8, 3),
     (128, 256, 64, 8, 3),
+    (128, 128, 32, 4, 4),
     (64, 128, 64, 4, 4),
     (128, 64, 64, 4, 4),
     (64, 64, 64, 4, 4),
@@ -91,14 +92,18 @@ _TILES_32BIT = [
     (128, 32, 32, 4, 4),
     (64, 16, 32, 4, 4),
 ]
-GRAD_WEIGHT_CONFIGS = common.make_configs(_TILES_16BIT + _TILES_32BIT)
+GRAD_WEIGHT_CONFIGS = common.make_configs(_TILES_16BIT + [t for t in _TILES_32BIT if t not in _TILES_16BIT])
+
+
+def _tile(config) -> tuple:
+    kw = config.kwargs
+    return kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], config.num_warps, config.num_stages
 
 
 def _prune(configs, named_args, **kwargs):
     """The tile list of the operands' element size, then corrmm's shared-memory and waste pruning."""
-    wide = named_args["x_ptr"].element_size() >= 4
-    own = [c for c in configs if (c.kwargs["BLOCK_K"] <= 32) == wide] or configs
-    return common.prune_configs("x_ptr")(own, named_args, **kwargs)
+    own = set(_TILES_32BIT if named_args["x_ptr"].element_size() >= 4 else _TILES_16BIT)
+    return common.prune_configs("x_ptr")([c for c in configs if _tile(c) in own] or configs, named_args, **kwargs)
 
 
 #: the nominal tile of the split-K cost model (the tuned tile is not known before launch)
