@@ -75,8 +75,8 @@ def main():
             for algo in args.algos:
                 candidates[algo] = (lambda a: lambda: corrmm.corr2d_grad_weight(
                     x, dy, (k, k), border_mode=pad, subsample=stride, algo=a.split(":")[0]))(algo)
-                if algo.endswith(":channels"):  # the implicit kernel with channels-innermost tiles for every dtype
-                    candidates[algo] = channels_inner(candidates[algo])
+                if ":" in algo:  # implicit:channels / implicit:pixels force the weight-gradient tile orientation
+                    candidates[algo] = orientation(candidates[algo], algo.endswith(":pixels"))
             for name, fn in candidates.items():
                 try:
                     out = fn()
@@ -102,12 +102,12 @@ def main():
         summary(rows)
 
 
-def channels_inner(fn):
-    """fn run with the weight-gradient kernel reading channels innermost (NHWC) whatever the dtype."""
+def orientation(fn, pixels: bool):
+    """fn run with the weight-gradient kernel's tiles pixels innermost (or channels innermost) for every dtype."""
     from corrmm.kernels import implicit_grad_weight as kgw
 
     def run():
-        saved, kgw.pixels_inner = kgw.pixels_inner, lambda dtype: False
+        saved, kgw.pixels_inner = kgw.pixels_inner, lambda dtype, flat: pixels
         try:
             return fn()
         finally:

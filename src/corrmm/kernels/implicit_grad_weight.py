@@ -26,16 +26,17 @@ the digit sums with at most one carry per digit (q + kq < 2Q, and so on). So
 the loop does no vector division, and every pixel vector is a loop-invariant
 vector plus scalars, which the compiler materialises in each load's own layout.
 
-**Two tile orientations** (``PIXELS_INNER``), chosen by the element size:
+**Two tile orientations** (``PIXELS_INNER``, see :func:`pixels_inner`):
 
-* 16-bit operands are read channels innermost (NHWC): the A tile (filters x
+* channels innermost (NHWC operands), the default: the A tile (filters x
   pixels) and the B tile (pixels x channels) are contiguous along M and N, so
-  every copy is a 16-byte vector, and 16-bit wgmma reads MN-major tiles.
-* 32-bit operands are read pixels innermost (NCHW, the layout they usually come
-  in, so no copy): the A tile's rows and the B tile, loaded as (channels x
-  pixels) and transposed in place (a view of shared memory, no data movement),
-  are both K-major, the only order TF32 wgmma reads. The copies are 4-byte
-  elements, consecutive along a pixel row.
+  16-bit copies are 16-byte vectors and 16-bit wgmma reads the MN-major tiles
+  as they are (TF32 wgmma does not: 32-bit operands then run far slower);
+* pixels innermost (NCHW operands, the layout they usually come in, so no
+  copy), for 32-bit operands with flattened columns: the A tile's rows and the
+  B tile, loaded as (columns x pixels) and transposed in place (a view of
+  shared memory, no data movement), are both K-major, the only order TF32
+  wgmma reads. The copies are 4-byte elements, consecutive along a pixel row.
 
 **Split-K.** M·N is one filter bank and K is huge, so the tiles alone rarely fill
 the GPU: the K range is cut into ``splits`` equal chunks. Each split writes its
@@ -352,22 +353,27 @@ def _choose_splits(tiles, reduction, out_elements, out_element_size, operand_siz
     return best
 
 
-def pixels_inner(dtype: torch.dtype) -> bool:
+def pixels_inner(dtype: torch.dtype, flat: bool) -> bool:
     """Whether tiles run along pixels (K-major, NCHW operands) rather than along channels.
 
-    32-bit operands: TF32 wgmma reads only K-major tiles, and 4-byte elements are
-    the narrowest an asynchronous copy moves, so a pixel-row gather pipelines.
-    16-bit operands would need 2-byte copies there; they read channels innermost
-    (16-byte vectors) and 16-bit wgmma reads those MN-major tiles as they are.
+    Only 32-bit operands with flattened columns (few channels per group, e.g. an
+    RGB first layer): there TF32 wgmma reads the K-major tiles as they are, and
+    4-byte elements are the narrowest an asynchronous copy moves, so a
+    pixel-row gather pipelines (H100, Triton 3.6: L1 47 TFLOP/s against 30 for
+    channels-innermost tiles, R1 15 against 12). With channel-block columns the
+    pixels-inner kernel measured 2x-10x slower than channels-innermost tiles
+    (L2 13 TFLOP/s against 34, L3 24 against 45), so those stay channels innermost.
+    16-bit operands would need 2-byte copies; they read channels innermost
+    (16-byte vectors), which 16-bit wgmma reads as MN-major tiles.
     """
-    return torch.empty((), dtype=dtype).element_size() == 4
+    return flat and torch.empty((), dtype=dtype).element_size() == 4
 
 
-def prepare_operands(x: torch.Tensor, dy: torch.Tensor):
+def prepare_operands(x: torch.Tensor, dy: torch.Tensor, pixels: bool):
     """x and dy in the layout the tiles read best (see :func:`pixels_inner`); any strides under the interpreter."""
     if common.INTERPRET:
         return x, dy
-    if pixels_inner(x.dtype):
+    if pixels:
         return x.contiguous(), dy.contiguous()
     if x.dim() == 5:
         return (x.contiguous(memory_format=torch.channels_last_3d),
@@ -391,9 +397,11 @@ def grad_weight(x: torch.Tensor, dy: torch.Tensor, g: ConvGeometry, splits: int 
     if g.ndim not in (2, 3) or x.dim() != g.ndim + 2 or dy.dim() != g.ndim + 2:
         raise ValueError(f"implicit grad_weight takes 2-D or 3-D problems (1-D as H = 1): geometry of "
                          f"{g.ndim} dims, x of {x.dim()} and dy of {dy.dim()} dims")
-    x, dy = prepare_operands(x, dy)
+    if flat is None:
+        flat = use_flat_columns(g.channels_per_group)
     if pixels is None:
-        pixels = pixels_inner(x.dtype)
+        pixels = pixels_inner(x.dtype, flat)
+    x, dy = prepare_operands(x, dy, pixels)
     key = ("grad_weight", g, x.stride(), dy.stride(), x.dtype, x.device, splits, flat, pixels,
            common.dot_precision(x.dtype), config.workspace_limit())
     plan = common.planned(key, lambda: _GradWeightPlan(x, dy, g, splits, flat, pixels))
