@@ -73,7 +73,7 @@ from . import common
 from .common import multiply_accumulate, widen
 
 #: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); the K loop is long, so deep pipelines.
-#: 16-bit operands step 64 pixels (16-byte vector copies); 32-bit ones 32 (one 4-byte copy and one
+#: 16-bit operands step 64 pixels (16-byte vector copies); 32-bit ones 32 (pixels-inner tiles make one 4-byte copy and one
 #: pointer per element: wider steps run out of registers)
 _TILES_16BIT = [
     (128, 128, 64, 8, 3),
