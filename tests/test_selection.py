@@ -48,6 +48,8 @@ def _geometry(name):
     ("L3", torch.float32, "grad_weight", "fft"),
     ("L4", torch.float32, "forward", "implicit"),
     ("R4", torch.float32, "grad_weight", "im2col"),
+    ("L1", torch.float32, "grad_weight", "implicit"),
+    ("R1", torch.float32, "grad_weight", "im2col"),
     ("R3", torch.bfloat16, "forward", "gemm1x1"),
     ("R3", torch.float32, "grad_weight", "gemm1x1"),
 ])

@@ -52,7 +52,9 @@ convnet suite; PERFORMANCE.md has the table):
   1.1x-1.9x), and 16-bit input gradients of 9x9+ kernels with few channels
   or a large kernel (L1, S2);
 * the weight gradient in 32/64-bit floats: im2col (cuBLAS) otherwise, 1.2x-3x
-  the implicit kernel on L5, S1, R1, R4, R5 in TF32.
+  the implicit kernel on L5, S1, R1, R4, R5 in TF32; except float32 with few
+  channels per group at unit stride and dilation (L1), where the implicit
+  kernel's K-major tiles feed TF32 wgmma (v6: 1.6x im2col).
 """
 from __future__ import annotations
 
@@ -109,8 +111,10 @@ def _cuda_rule(pass_name: str, g: ConvGeometry, dtype: torch.dtype) -> str:
     if pass_name == "grad_weight":
         if tf32_gradient_fft and not few_channels and not large_kernel:  # S2 (5x5 output): im2col, 1.7x
             return "fft"
+        if dtype == torch.float32 and few_channels and unit_steps:
+            return "implicit"  # L1 in TF32: K-major pixels-inner tiles, 47 TFLOP/s against im2col's 29 (v6)
         if dtype in (torch.float32, torch.float64):
-            return "im2col"  # the implicit weight-gradient tiles read pixels strided: slow for 32-bit operands
+            return "im2col"  # channel-block weight-gradient tiles are MN-major, which TF32 wgmma cannot read
         return "implicit"  # S2 too: 1.65x swapped's speed there (bf16, v4)
     raise ValueError(f"unknown pass {pass_name!r}")
 

@@ -138,6 +138,90 @@ def test_split_k_is_deterministic_and_exact():
     assert torch.equal(first, kgw.grad_weight(x, dy, g, splits=3))
 
 
+# ---- the weight-gradient kernel: both tile orientations, 3-D, groups, split-K ------------------------
+
+def geometry3d(batch, channels, filters, size, kernel, padding=((0, 0),) * 3, stride=(1, 1, 1),
+               dilation=(1, 1, 1), groups=1):
+    return ConvGeometry(batch, channels, filters, tuple(size), tuple(kernel), tuple(padding), tuple(stride),
+                        tuple(dilation), groups).validate()
+
+
+GRAD_WEIGHT_GEOMETRIES = {
+    "2d_stride2x2_asym_pad_dil1x2": GEOMETRIES["stride2x2_asym_pad_dil1x2"],
+    "2d_stride2x4_dil2x1_groups2": GEOMETRIES["stride2x4_dil2x1_groups2"],
+    "2d_full_kernel_larger_than_image": GEOMETRIES["full_kernel_larger_than_image"],
+    "2d_many_channels_nonflat": GEOMETRIES["many_channels_nonflat"],
+    # the digit carries of the pixel index: a block of 16 pixels spans several 1x3 images
+    "2d_images_smaller_than_a_k_block": geometry(7, 3, 5, (1, 5), (1, 3), ((0, 0), (0, 0))),
+    "3d_3x3x3_pad1": geometry3d(2, 3, 4, (4, 5, 6), (3, 3, 3), ((1, 1),) * 3),
+    "3d_stride_dil_asym_pad_groups2": geometry3d(2, 4, 6, (7, 6, 5), (2, 3, 2), ((1, 0), (0, 2), (1, 1)),
+                                                 (2, 1, 2), (2, 1, 1), groups=2),
+    "3d_depth_only_kernel_odd_sizes": geometry3d(3, 5, 3, (5, 3, 7), (3, 1, 1), ((2, 1), (0, 0), (0, 0)),
+                                                 (1, 2, 3)),
+    "3d_many_channels_nonflat": geometry3d(1, 32, 17, (3, 4, 5), (2, 2, 2), ((0, 1),) * 3),
+}
+
+
+def check_grad_weight(g, dtype=torch.float32, key="", splits=None, flat=None, pixels=None):
+    x, _, dy = operands(g, dtype, key)
+    with config.poison_outputs():
+        dw = kgw.grad_weight(x, dy, g, splits=splits, flat=flat, pixels=pixels)
+    assert dw.shape == g.weight_shape and dw.dtype == dtype
+    err = rel_err(dw, kgw.grad_weight_reference(x.double(), dy.double(), g))
+    tol = TOLERANCE[dtype]
+    assert err <= tol, f"grad_weight: relative error {err:.2e} > {tol:.0e}"
+    return dw
+
+
+@pytest.mark.parametrize("pixels", [True, False], ids=["pixels_inner", "channels_inner"])
+@pytest.mark.parametrize("name", list(GRAD_WEIGHT_GEOMETRIES))
+def test_grad_weight_geometries(name, pixels):
+    check_grad_weight(GRAD_WEIGHT_GEOMETRIES[name], key=name, pixels=pixels)
+
+
+@pytest.mark.parametrize("pixels", [True, False], ids=["pixels_inner", "channels_inner"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_grad_weight_dtypes_3d(dtype, pixels):
+    g = GRAD_WEIGHT_GEOMETRIES["3d_stride_dil_asym_pad_groups2"]
+    check_grad_weight(g, dtype, key="dtypes3d", pixels=pixels, splits=2)
+
+
+@pytest.mark.parametrize("flat", [True, False])
+def test_grad_weight_many_small_groups(flat):
+    """32 groups of 8 channels and 8 filters: one program column per group, the rows mostly padding."""
+    g = geometry(1, 256, 256, (4, 5), (3, 3), ((1, 1), (1, 1)), groups=32)
+    check_grad_weight(g, key="groups32", flat=flat, splits=1)
+
+
+@pytest.mark.parametrize("pixels", [True, False], ids=["pixels_inner", "channels_inner"])
+def test_grad_weight_split_k_on_and_off_is_deterministic(pixels):
+    """Every split count gives the reference, and the same count gives the same bits on every run."""
+    g = geometry3d(5, 4, 3, (4, 5, 6), (2, 3, 3), ((1, 0), (1, 1), (0, 2)), (1, 1, 2))  # 5·3·3·3 = 135 pixels
+    results = {splits: check_grad_weight(g, key="split3d", splits=splits, pixels=pixels) for splits in (1, 2, 3)}
+    x, _, dy = operands(g, torch.float32, "split3d")
+    for splits, first in results.items():
+        assert torch.equal(first, kgw.grad_weight(x, dy, g, splits=splits, pixels=pixels)), splits
+
+
+def test_grad_weight_rejects_mismatched_dimensions():
+    g = GRAD_WEIGHT_GEOMETRIES["3d_3x3x3_pad1"]
+    x, _, dy = operands(g, torch.float32, "dims")
+    with pytest.raises(ValueError, match="3 dims, x of 4"):
+        kgw.grad_weight(x[:, :, 0], dy, g)
+
+
+def test_public_grad_weight_3d_runs_implicit():
+    """corr3d_grad_weight with algo="implicit" takes the 3-D kernel; the other 3-D passes are refused."""
+    g = GRAD_WEIGHT_GEOMETRIES["3d_stride_dil_asym_pad_groups2"]
+    x, _, dy = operands(g, torch.float64, "public3d")
+    kw = dict(border_mode=g.padding, subsample=g.stride, filter_dilation=g.dilation, num_groups=g.groups)
+    dw = corrmm.corr3d_grad_weight(x, dy, g.kernel, algo="implicit", **kw)
+    assert rel_err(dw, kgw.grad_weight_reference(x, dy, g)) <= 1e-12
+    algo = implicit.ALGORITHM
+    assert algo.not_supported_reasons(g, "grad_weight", DEVICE, torch.float32) == []
+    assert any("3-D" in r for r in algo.not_supported_reasons(g, "grad_input", DEVICE, torch.float32))
+
+
 def test_repeated_calls_reuse_the_launch_and_stay_correct():
     """After the first call a problem launches its compiled kernel directly (on a GPU): fresh data each
     time must still give the reference, and so must operands whose storage is not 16-byte aligned,

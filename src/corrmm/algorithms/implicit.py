@@ -7,7 +7,7 @@ The three passes are the GEMMs of :mod:`corrmm.kernels` (CUTLASS's views)::
     grad_weight  M = K       N = C·R·S   K = N·P·Q   split-K, partials summed in a fixed order
 
 The kernels are 2-D; a 1-D problem runs as a 2-D one with H = 1 (a view, no
-copy). 3-D problems are not served. Every dtype is: float16/bfloat16/float32
+copy). The weight-gradient kernel is also 3-D; other 3-D passes are not served. Every dtype is: float16/bfloat16/float32
 accumulate in fp32 and float64 in fp64 (``tl.dot`` on float64 operands), and
 float32 uses TF32 exactly when ``torch.backends.cudnn.allow_tf32`` is set.
 
@@ -76,8 +76,8 @@ class Implicit(Algorithm):
             reasons.append("implicit runs on the CPU only under the Triton interpreter (TRITON_INTERPRET=1)")
         elif device.type not in ("cpu", "cuda"):
             reasons.append(f"implicit runs on CUDA devices, not {device.type}")
-        if geometry.ndim == 3:
-            reasons.append("implicit has 1-D and 2-D kernels only, not 3-D")
+        if geometry.ndim == 3 and pass_name != "grad_weight":
+            reasons.append("implicit has a 3-D weight-gradient kernel, but 1-D and 2-D kernels only for other passes")
         grid_y = geometry.groups
         if pass_name == "grad_input":
             grid_y *= geometry.stride[0] * (geometry.stride[1] if geometry.ndim > 1 else 1)
@@ -95,6 +95,8 @@ class Implicit(Algorithm):
         return _lower(dx, g)
 
     def grad_weight(self, input, grad_output, g: ConvGeometry):
+        if g.ndim == 3:  # the weight-gradient kernel is 3-D (2-D runs with depth 1)
+            return _kernels().implicit_grad_weight.grad_weight(input, grad_output, g)
         dw = _kernels().implicit_grad_weight.grad_weight(_lift(input, g), _lift(grad_output, g), as_2d(g))
         return _lower(dw, g)
 

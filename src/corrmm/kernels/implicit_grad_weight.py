@@ -1,45 +1,62 @@
 """Implicit-GEMM weight gradient: dw = corr_grad_weight(x, dy), split-K with a deterministic sum.
 
-Shapes (2-D; 1-D problems arrive as H = 1 views), per group g of G:
+Shapes (3-D; a 2-D problem runs with D = O = T = 1, a 1-D one also with H = 1), per group g of G:
 
-    x  (N, C, H, W)      any strides (NHWC on a GPU)
-    dy (N, K, P, Q)      any strides (NHWC on a GPU)
-    dw (K, C/G, R, S)    allocated (K, R, S, C/G) in memory: channels innermost
+    x  (N, C, D, H, W)       any strides
+    dy (N, K, O, P, Q)       any strides
+    dw (K, C/G, T, R, S)     allocated (K, T, R, S, C/G) in memory: channels innermost
 
-    dw[g·Kg + k, c, r, s] = Σ_{n, p, q} dy[n, g·Kg + k, p, q] · x[n, g·Cg + c, p·sh + r·dh - ph, q·sw + s·dw - pw]
+    dw[g·Kg + k, c, t, r, s] = Σ_{n, o, p, q} dy[n, g·Kg + k, o, p, q]
+                                 · x[n, g·Cg + c, o·sd + t·dd - pd, p·sh + r·dh - ph, q·sw + s·dw - pw]
 
 GEMM view (CUTLASS's "wgrad"), per group:
 
-    M = Kg (filters)     N = Cg·R·S (the patch)     K = N·P·Q (every output pixel of the batch)
+    M = Kg (filters)     N = Cg·T·R·S (the patch)     K = N·O·P·Q (every output pixel of the batch)
 
-    A[k, (n, p, q)] = dy[n, k, p, q]
-    B[(n, p, q), (r, s, c)] = x at pixel (n, p, q) shifted by tap (r, s), channel c (zero outside)
+Each program owns one kernel tap (t, r, s) and a block of BLOCK_N channels (or,
+with few channels per group, ``FLAT_N``: BLOCK_N consecutive entries of the
+flattened patch), a block of BLOCK_M filters, and one split of the reduction.
 
-M·N is small (one filter bank) and K is huge (the batch times the image), so
-the tiles alone rarely fill the GPU: the K range is cut into ``splits`` equal
-chunks (split-K). Each split writes its own fp32 partial (fp64 for float64)
-into a workspace, and a second kernel adds the partials in split order,
-0, 1, 2, ..., and casts: no atomics, so the result is bit-for-bit the same on
-every run. With one split the GEMM kernel writes dw directly in its dtype.
-:func:`choose_splits` picks the count from a two-term cost model (waves of tiles
-over the SMs; bytes of the partial sums).
+**Stepping through the pixels.** The reduction index is the flat output pixel
+``i = ((n·O + o)·P + p)·Q + q``. A block of BLOCK_K consecutive pixels starting at
+``i0`` is ``i0 + k`` for ``k < BLOCK_K``; ``k``'s own mixed-radix digits (kn, ko,
+kp, kq) are computed once, before the loop, and each step divides only the
+scalar ``i0`` (once per program, not per element); a pixel's coordinates are then
+the digit sums with at most one carry per digit (q + kq < 2Q, and so on). So
+the loop does no vector division, and every pixel vector is a loop-invariant
+vector plus scalars, which the compiler materialises in each load's own layout.
 
-Columns: each N tile is one kernel tap (r, s) and BLOCK_N consecutive channels,
-so the B gather is BLOCK_K pixels x contiguous channels (NHWC) and its mask
-depends on the pixel only; with few channels per group (FLAT_N) a tile instead
-covers BLOCK_N consecutive (r, s, c) of the flattened patch.
+**Two tile orientations** (``PIXELS_INNER``, see :func:`pixels_inner`):
+
+* channels innermost (NHWC operands), the default: the A tile (filters x
+  pixels) and the B tile (pixels x channels) are contiguous along M and N, so
+  16-bit copies are 16-byte vectors and 16-bit wgmma reads the MN-major tiles
+  as they are (TF32 wgmma does not: 32-bit operands then run far slower);
+* pixels innermost (NCHW operands, the layout they usually come in, so no
+  copy), for 32-bit operands with flattened columns: the A tile's rows and the
+  B tile, loaded as (columns x pixels) and transposed in place (a view of
+  shared memory, no data movement), are both K-major, the only order TF32
+  wgmma reads. The copies are 4-byte elements, consecutive along a pixel row.
+
+**Split-K.** M·N is one filter bank and K is huge, so the tiles alone rarely fill
+the GPU: the K range is cut into ``splits`` equal chunks. Each split writes its
+own fp32 partial (fp64 for float64) into a workspace, and a second kernel adds
+the partials in split order, 0, 1, 2, ..., and casts: no atomics, so the result
+is bit-for-bit the same on every run. With one split the GEMM kernel writes dw
+directly in its dtype. :func:`choose_splits` picks the count from the waves of
+programs over the SMs, the K steps per program, and the partial sums' traffic.
 
 Loop nest (one program = one BLOCK_M x BLOCK_N tile of one split of one group)::
 
-    for split, m-tile, n-tile, g:                           # grid (split slowest: a split's tiles share dy, x in L2)
+    for split, m-tile, n-tile, g:                   # grid (split slowest: a split's tiles share dy, x in L2)
         acc = 0
-        for t0 in range(split·k_per_split, min(next split, N·P·Q), BLOCK_K):
-            (n, p, q) = unravel(t0 : t0+BK)
-            a = dy[n, m-tile, p, q]
-            b = x[n, c-tile, p·sh + r·dh - ph, q·sw + s·dw - pw]   # masked gather
+        for i0 in range(split·k_per_split, min(next split, N·O·P·Q), BLOCK_K):
+            (n, o, p, q) = digits(i0) + digits(k)   # scalar division, vector carries
+            a = dy[n, m-tile, o, p, q]
+            b = x[n, c-tile, o·sd + t·dd - pd, p·sh + r·dh - ph, q·sw + s·dw - pw]   # masked gather
             acc += a @ b
-        partial[split, m-tile, n-tile] = acc                # or dw itself when splits == 1
-    dw = Σ_split partial[split]                             # fixed order (split_sum_kernel)
+        partial[split, m-tile, n-tile] = acc        # or dw itself when splits == 1
+    dw = Σ_split partial[split]                     # fixed order (split_sum_kernel)
 """
 from __future__ import annotations
 
@@ -55,8 +72,10 @@ from ..geometry import ConvGeometry
 from . import common, transpose
 from .common import multiply_accumulate, widen
 
-#: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); the K loop is long, so deep pipelines
-GRAD_WEIGHT_CONFIGS = common.make_configs([
+#: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); the K loop is long, so deep pipelines.
+#: 16-bit operands step 64 pixels (16-byte vector copies); 32-bit ones 32 (pixels-inner tiles make one 4-byte copy and one
+#: pointer per element: wider steps run out of registers)
+_TILES_16BIT = [
     (128, 128, 64, 8, 3),
     (128, 256, 64, 8, 3),
     (128, 128, 32, 4, 4),
@@ -65,50 +84,80 @@ GRAD_WEIGHT_CONFIGS = common.make_configs([
     (64, 64, 64, 4, 4),
     (128, 32, 64, 4, 4),
     (64, 16, 64, 4, 4),
-])
+]
+_TILES_32BIT = [
+    (128, 128, 32, 8, 3),
+    (64, 128, 32, 4, 4),
+    (128, 64, 32, 4, 4),
+    (64, 64, 32, 4, 4),
+    (128, 32, 32, 4, 4),
+    (64, 16, 32, 4, 4),
+]
+GRAD_WEIGHT_CONFIGS = common.make_configs(_TILES_16BIT + [t for t in _TILES_32BIT if t not in _TILES_16BIT])
+
+
+def _tile(config) -> tuple:
+    kw = config.kwargs
+    return kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], config.num_warps, config.num_stages
+
+
+def _prune(configs, named_args, **kwargs):
+    """The tile list of the operands' element size, then corrmm's shared-memory and waste pruning."""
+    own = set(_TILES_32BIT if named_args["x_ptr"].element_size() >= 4 else _TILES_16BIT)
+    return common.prune_configs("x_ptr")([c for c in configs if _tile(c) in own] or configs, named_args, **kwargs)
+
 
 #: the nominal tile of the split-K cost model (the tuned tile is not known before launch)
 _MODEL_TILE = 128
+#: the K step of the cost model
+_MODEL_STEP = 64
+#: a program's fixed cost (pipeline fill, epilogue) in K steps of the nominal tile
+_PROGRAM_OVERHEAD_STEPS = 4
 #: a split never gets fewer reduction steps than this (below it the partial traffic dominates)
 _MIN_K_PER_SPLIT = 256
 #: enough for a handful of tiles to fill 132 SMs (an 11x11 RGB layer has 3 tiles)
 MAX_SPLITS = 128
-#: arithmetic intensity (flop per byte of DRAM traffic) at which an H100 is balanced in bf16
-_FLOP_PER_BYTE = 250.0
+#: tensor-core rate (flop/s, whole GPU) and memory bandwidth (bytes/s) of the cost model: an H100's
+#: measured bf16 and TF32 GEMM ceilings and copy bandwidth (PERFORMANCE.md)
+_RATE_16BIT, _RATE_32BIT, _BANDWIDTH = 796e12, 379e12, 3.0e12
+#: the second launch (the fixed-order sum) costs about this much on top of its traffic
+_SUM_LAUNCH_SECONDS = 4e-6
 
 
-@triton.autotune(configs=GRAD_WEIGHT_CONFIGS, key=["M_BUCKET", "N_BUCKET", "K_BUCKET", "FLAT_N", "INPUT_PRECISION"],
-                 prune_configs_by={"early_config_prune": common.prune_configs("x_ptr")})
+@triton.autotune(configs=GRAD_WEIGHT_CONFIGS,
+                 key=["M_BUCKET", "N_BUCKET", "K_BUCKET", "FLAT_N", "PIXELS_INNER", "DEPTH", "INPUT_PRECISION"],
+                 prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def implicit_grad_weight_kernel(
     # pointers (dw_ptr: the output, or the fp32 partial workspace when split)
     x_ptr, dy_ptr, dw_ptr,
     # sizes
-    N, H, W, P, Q, Cg, Kg, R, S,
+    N, D, H, W, O, P, Q, Cg, Kg, T, R, S,
     # geometry: stride, dilation, low padding
-    conv_stride_h, conv_stride_w, dilation_h, dilation_w, pad_h, pad_w,
+    conv_stride_d, conv_stride_h, conv_stride_w, dilation_d, dilation_h, dilation_w, pad_d, pad_h, pad_w,
     # split-K: reduction elements per split (a multiple of every BLOCK_K)
     k_per_split,
     # strides (elements)
-    stride_xn, stride_xc, stride_xh, stride_xw,
-    stride_dyn, stride_dyk, stride_dyp, stride_dyq,
-    stride_dwsplit, stride_dwk, stride_dwc, stride_dwr, stride_dws,
+    stride_xn, stride_xc, stride_xd, stride_xh, stride_xw,
+    stride_dyn, stride_dyk, stride_dyo, stride_dyp, stride_dyq,
+    stride_dwsplit, stride_dwk, stride_dwc, stride_dwt, stride_dwr, stride_dws,
     # autotuning keys only
     M_BUCKET, N_BUCKET, K_BUCKET,
     # meta-parameters
-    FLAT_N: tl.constexpr, WIDE_INDEX: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-    ACC_DTYPE: tl.constexpr,
+    FLAT_N: tl.constexpr, PIXELS_INNER: tl.constexpr, DEPTH: tl.constexpr, WIDE_INDEX: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # ---- program id -> (split, m-tile, n-tile)
     pid = tl.program_id(0)
     group = tl.program_id(1)
+    taps = T * R * S
     num_pid_m = tl.cdiv(Kg, BLOCK_M)
     if FLAT_N:
-        num_pid_n = tl.cdiv(Cg * R * S, BLOCK_N)
+        num_pid_n = tl.cdiv(Cg * taps, BLOCK_N)
     else:
         channel_blocks = tl.cdiv(Cg, BLOCK_N)
-        num_pid_n = R * S * channel_blocks
+        num_pid_n = taps * channel_blocks
     tiles = num_pid_m * num_pid_n
     split = pid // tiles
     pid_m = (pid % tiles) // num_pid_n
@@ -119,60 +168,137 @@ def implicit_grad_weight_kernel(
     m_valid = offs_m < Kg
     dy_rows = widen(group * Kg + offs_m, WIDE_INDEX) * stride_dyk
 
-    # ---- columns: (r, s, c) of the patch; r and s are scalars unless FLAT_N
+    # ---- columns: (t, r, s, c) of the patch; t, r and s are scalars unless FLAT_N
     if FLAT_N:
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        n_valid = offs_n < Cg * R * S
+        n_valid = offs_n < Cg * taps
         c = offs_n % Cg
-        r = (offs_n // Cg) // S
-        s = (offs_n // Cg) % S
+        tap = offs_n // Cg
     else:
-        rs = pid_n // channel_blocks
-        c = (pid_n - rs * channel_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
+        tap = pid_n // channel_blocks
+        c = (pid_n - tap * channel_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_valid = c < Cg
-        r = rs // S
-        s = rs - r * S
-    tap_h = r * dilation_h
-    tap_w = s * dilation_w
-    x_cols = (widen(group * Cg + c, WIDE_INDEX) * stride_xc + widen(tap_h, WIDE_INDEX) * stride_xh
-              + widen(tap_w, WIDE_INDEX) * stride_xw)
+    t = tap // (R * S)
+    r = (tap // S) % R
+    s = tap % S
+    tap_d = t * dilation_d - pad_d
+    tap_h = r * dilation_h - pad_h
+    tap_w = s * dilation_w - pad_w
+    x_cols = (widen(group * Cg + c, WIDE_INDEX) * stride_xc + widen(tap_d, WIDE_INDEX) * stride_xd
+              + widen(tap_h, WIDE_INDEX) * stride_xh + widen(tap_w, WIDE_INDEX) * stride_xw)
 
-    # ---- this split's range of the reduction over (n, p, q)
-    plane = widen(P, WIDE_INDEX) * Q
-    k_start = widen(split, WIDE_INDEX) * k_per_split
-    k_end = tl.minimum(k_start + k_per_split, N * plane)
+    # ---- the pixel digits of k = 0 .. BLOCK_K-1 (vectors) and of the step BLOCK_K (scalars), computed once
     offs_k = tl.arange(0, BLOCK_K)
+    kq = offs_k % Q
+    kp = (offs_k // Q) % P
+    step_q = BLOCK_K % Q
+    step_p = (BLOCK_K // Q) % P
+    if DEPTH:
+        ko = (offs_k // Q // P) % O
+        kn = offs_k // Q // P // O
+        step_o = (BLOCK_K // Q // P) % O
+        step_n = BLOCK_K // Q // P // O
+    else:
+        kn = offs_k // Q // P
+        step_n = BLOCK_K // Q // P
+
+    # ---- this split's range of the reduction over (n, o, p, q), and the digits of its first pixel
+    plane = P * Q
+    volume = widen(O * plane, WIDE_INDEX)
+    k_start = widen(split, WIDE_INDEX) * k_per_split
+    k_end = tl.minimum(k_start + k_per_split, N * volume)
+    n0 = k_start // volume
+    rest = (k_start - n0 * volume).to(tl.int32)
+    o0 = rest // plane
+    rest -= o0 * plane
+    p0 = rest // Q
+    q0 = rest - p0 * Q
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
 
     # ---- K loop
-    for k0 in range(k_start, k_end, BLOCK_K):
-        t = k0 + offs_k
-        t_valid = t < k_end
-        n = t // plane
-        p = (t % plane) // Q
-        q = (t % plane) % Q
-        a_ptrs = dy_ptr + dy_rows[:, None] + (n * stride_dyn + p * stride_dyp + q * stride_dyq)[None, :]
-        a = tl.load(a_ptrs, mask=m_valid[:, None] & t_valid[None, :], other=0.0)
-        h_top = p * conv_stride_h - pad_h
-        w_left = q * conv_stride_w - pad_w
-        x_rows = n * stride_xn + h_top * stride_xh + w_left * stride_xw
-        if FLAT_N:
-            h = h_top[:, None] + tap_h[None, :]
-            w = w_left[:, None] + tap_w[None, :]
-            inside = (h >= 0) & (h < H) & (w >= 0) & (w < W) & t_valid[:, None]
+    for i0 in range(k_start, k_end, BLOCK_K):
+        # each pixel's digits: the block's first pixel plus k's digits, one carry per digit
+        q = q0 + kq
+        carry = q >= Q
+        q = tl.where(carry, q - Q, q)
+        p = p0 + kp + carry.to(tl.int32)
+        carry = p >= P
+        p = tl.where(carry, p - P, p)
+        if DEPTH:
+            o = o0 + ko + carry.to(tl.int32)
+            carry = o >= O
+            o = tl.where(carry, o - O, o)
+        n = n0 + kn + carry.to(tl.int32)
+        k_valid = offs_k < k_end - i0
+
+        # input position of tap 0 (the padding is folded into the tap offsets)
+        h_in = p * conv_stride_h
+        w_in = q * conv_stride_w
+        pixel_dy = n * stride_dyn + p * stride_dyp + q * stride_dyq
+        pixel_x = n * stride_xn + h_in * stride_xh + w_in * stride_xw
+        if DEPTH:
+            d_in = o * conv_stride_d
+            pixel_dy += o * stride_dyo
+            pixel_x += d_in * stride_xd
         else:
-            h = h_top + tap_h
-            w = w_left + tap_w
-            inside = ((h >= 0) & (h < H) & (w >= 0) & (w < W) & t_valid)[:, None]
-        b_ptrs = x_ptr + x_rows[:, None] + x_cols[None, :]
-        b = tl.load(b_ptrs, mask=inside & n_valid[None, :], other=0.0)
+            d_in = h_in  # unused: a 2-D problem has one depth position
+        a = tl.load(dy_ptr + dy_rows[:, None] + pixel_dy[None, :],
+                    mask=m_valid[:, None] & k_valid[None, :], other=0.0)
+        if PIXELS_INNER:
+            # (channels x pixels), pixels along the rows: its transpose is a K-major B tile
+            inside = _inside(tap_d, tap_h, tap_w, d_in, h_in, w_in, D, H, W, FLAT_N, DEPTH)
+            if not FLAT_N:
+                inside = inside[None, :]
+            inside = inside & k_valid[None, :]
+            b_t = tl.load(x_ptr + x_cols[:, None] + pixel_x[None, :], mask=inside & n_valid[:, None], other=0.0)
+            b = tl.trans(b_t)
+        else:
+            inside = _inside(d_in, h_in, w_in, tap_d, tap_h, tap_w, D, H, W, FLAT_N, DEPTH)
+            if not FLAT_N:
+                inside = inside[:, None]
+            inside = inside & k_valid[:, None]
+            b = tl.load(x_ptr + pixel_x[:, None] + x_cols[None, :], mask=inside & n_valid[None, :], other=0.0)
         acc = multiply_accumulate(acc, a, b, INPUT_PRECISION, UPCAST)
 
-    # ---- epilogue: dw[g·Kg + k, c, r, s], or this split's partial of it
+        # the next block's first pixel: add the step's digits with carries (no division in the loop)
+        q0 += step_q
+        carry0 = (q0 >= Q).to(tl.int32)
+        q0 -= carry0 * Q
+        p0 += step_p + carry0
+        carry0 = (p0 >= P).to(tl.int32)
+        p0 -= carry0 * P
+        if DEPTH:
+            o0 += step_o + carry0
+            carry0 = (o0 >= O).to(tl.int32)
+            o0 -= carry0 * O
+        n0 += step_n + carry0
+
+    # ---- epilogue: dw[g·Kg + k, c, t, r, s], or this split's partial of it
     dw_rows = widen(split, WIDE_INDEX) * stride_dwsplit + widen(group * Kg + offs_m, WIDE_INDEX) * stride_dwk
-    dw_cols = widen(c, WIDE_INDEX) * stride_dwc + widen(r, WIDE_INDEX) * stride_dwr + widen(s, WIDE_INDEX) * stride_dws
+    dw_cols = (widen(c, WIDE_INDEX) * stride_dwc + widen(t, WIDE_INDEX) * stride_dwt
+               + widen(r, WIDE_INDEX) * stride_dwr + widen(s, WIDE_INDEX) * stride_dws)
     dw_ptrs = dw_ptr + dw_rows[:, None] + dw_cols[None, :]
     tl.store(dw_ptrs, acc.to(dw_ptr.dtype.element_ty), mask=m_valid[:, None] & n_valid[None, :])
+
+
+@triton.jit
+def _inside(rows_d, rows_h, rows_w, cols_d, cols_h, cols_w, D, H, W, FLAT_N: tl.constexpr, DEPTH: tl.constexpr):
+    """Whether input position rows + cols lies inside the image: a (rows x cols) mask with FLAT_N,
+    else a vector (one side's offsets are the tap's scalars). The depth test only for 3-D problems."""
+    if FLAT_N:
+        h = rows_h[:, None] + cols_h[None, :]
+        w = rows_w[:, None] + cols_w[None, :]
+    else:
+        h = rows_h + cols_h
+        w = rows_w + cols_w
+    inside = (h >= 0) & (h < H) & (w >= 0) & (w < W)
+    if DEPTH:
+        if FLAT_N:
+            d = rows_d[:, None] + cols_d[None, :]
+        else:
+            d = rows_d + cols_d
+        inside = inside & (d >= 0) & (d < D)
+    return inside
 
 
 @triton.jit
@@ -193,111 +319,167 @@ def split_sum_kernel(
     tl.store(out_ptr + offs, total.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def choose_splits(tiles: int, reduction: int, out_elements: int, out_element_size: int, device: torch.device) -> int:
-    """How many K chunks: minimise (GEMM time over whole waves) + (partial-sum traffic).
+def choose_splits(tiles: int, reduction: int, out_elements: int, out_element_size: int, device: torch.device,
+                  operand_size: int = 2) -> int:
+    """How many K chunks: minimise (GEMM time over whole waves) + (partial-sum time), in seconds.
 
-    Both terms in units of one flop at the whole GPU's peak rate. A nominal
-    128x128 tile over its share of K costs ``2·128²·K/splits`` flop on one of the
-    ``SMs`` multiprocessors (``SMs`` times that in whole-GPU units), one program
-    per SM, so ``tiles·splits`` programs take ``ceil(tiles·splits / SMs)`` waves.
-    Each split writes and then re-reads one fp32 partial of the output
-    (``8·out`` bytes), converted to flop at the GPU's balance point. Splits never
-    shrink below ``_MIN_K_PER_SPLIT`` steps and their workspace stays under
-    corrmm's workspace cap.
+    A nominal 128x128 tile takes ``ceil(K/splits / 64) + overhead`` steps of
+    ``2·128²·64`` flop at one SM's share of the tensor-core rate (bf16 or TF32 by
+    ``operand_size``); ``tiles·splits`` programs, one per SM, take
+    ``ceil(tiles·splits / SMs)`` waves. Each split writes and then re-reads one
+    fp32 partial of the output (``8·out`` bytes), and the sum is a second
+    launch. Splits never shrink below ``_MIN_K_PER_SPLIT`` steps and their
+    workspace stays under corrmm's workspace cap.
     """
-    return _choose_splits(tiles, reduction, out_elements, out_element_size, common.sm_count(device),
-                          config.workspace_limit())
+    return _choose_splits(tiles, reduction, out_elements, out_element_size, operand_size,
+                          common.sm_count(device), config.workspace_limit())
 
 
 @functools.lru_cache(maxsize=1024)
-def _choose_splits(tiles, reduction, out_elements, out_element_size, sms, workspace_limit) -> int:
+def _choose_splits(tiles, reduction, out_elements, out_element_size, operand_size, sms, workspace_limit) -> int:
     partial_bytes = 4 * out_elements
     most = min(MAX_SPLITS, max(1, reduction // _MIN_K_PER_SPLIT), max(1, workspace_limit // partial_bytes))
+    rate = (_RATE_16BIT if operand_size <= 2 else _RATE_32BIT) / sms
+    step_seconds = 2.0 * _MODEL_TILE * _MODEL_TILE * _MODEL_STEP / rate
     best, best_cost = 1, None
     for splits in range(1, most + 1):
         waves = -(-tiles * splits // sms)
-        gemm = waves * 2.0 * _MODEL_TILE * _MODEL_TILE * reduction * sms / splits
-        traffic = 0.0 if splits == 1 else (2 * splits * partial_bytes + out_elements * out_element_size)
-        cost = gemm + traffic * _FLOP_PER_BYTE
+        steps = -(-reduction // (splits * _MODEL_STEP)) + _PROGRAM_OVERHEAD_STEPS
+        cost = waves * steps * step_seconds
+        if splits > 1:
+            cost += (2 * splits * partial_bytes + out_elements * out_element_size) / _BANDWIDTH + _SUM_LAUNCH_SECONDS
         if best_cost is None or cost < best_cost * 0.98:  # a new split must win by 2%: fewer is simpler
             best, best_cost = splits, cost
     return best
 
 
-def prepare_operands(x: torch.Tensor, dy: torch.Tensor):
-    """x and dy with channels innermost: the B tile's columns and the A tile's rows contiguous.
+def pixels_inner(dtype: torch.dtype, flat: bool) -> bool:
+    """Whether tiles run along pixels (K-major, NCHW operands) rather than along channels.
 
-    Here K is the pixel index (n, p, q), which no NHWC operand holds contiguously,
-    so both tiles are MN-major: 16-bit wgmma reads them as they are, TF32 wgmma
-    (K-major only) does not, and float32 runs far below the other passes (L3 on an
-    H100: 47 TFLOP/s). Laying dy, or dy and x, out batch-innermost, (C, N, H, W)
-    in memory, measured slower still (29 and 35 TFLOP/s), so NHWC stays.
+    Only 32-bit operands with flattened columns (few channels per group, e.g. an
+    RGB first layer): there TF32 wgmma reads the K-major tiles as they are, and
+    4-byte elements are the narrowest an asynchronous copy moves, so a
+    pixel-row gather pipelines (H100, Triton 3.6: L1 47 TFLOP/s against 30 for
+    channels-innermost tiles, R1 15 against 12). With channel-block columns the
+    pixels-inner kernel measured 2x-10x slower than channels-innermost tiles
+    (L2 13 TFLOP/s against 34, L3 24 against 45), so those stay channels innermost.
+    16-bit operands would need 2-byte copies; they read channels innermost
+    (16-byte vectors), which 16-bit wgmma reads as MN-major tiles.
     """
+    return flat and torch.empty((), dtype=dtype).element_size() == 4
+
+
+def prepare_operands(x: torch.Tensor, dy: torch.Tensor, pixels: bool):
+    """x and dy in the layout the tiles read best (see :func:`pixels_inner`); any strides under the interpreter."""
+    if common.INTERPRET:
+        return x, dy
+    if pixels:
+        return x.contiguous(), dy.contiguous()
+    if x.dim() == 5:
+        return (x.contiguous(memory_format=torch.channels_last_3d),
+                dy.contiguous(memory_format=torch.channels_last_3d))
     return transpose.as_nhwc(x), transpose.as_nhwc(dy)
 
 
 def use_flat_columns(channels_per_group: int) -> bool:
-    """Flatten (r, s, c) into the columns when a channel block would be mostly padding."""
+    """Flatten (t, r, s, c) into the columns when a channel block would be mostly padding."""
     return channels_per_group % 16 != 0 and channels_per_group < 64
 
 
 def grad_weight(x: torch.Tensor, dy: torch.Tensor, g: ConvGeometry, splits: int = None,
-                flat: bool = None) -> torch.Tensor:
-    """dw (K, C/G, R, S) from x (N, C, H, W) and dy (N, K, P, Q); 2-D geometry.
+                flat: bool = None, pixels: bool = None) -> torch.Tensor:
+    """dw (K, C/G, [T,] R, S) from x (N, C, [D,] H, W) and dy (N, K, [O,] P, Q); 2-D or 3-D geometry.
 
-    The result is dense with channels innermost (channels_last). ``splits`` and
-    ``flat`` override the split-K count and the column layout (tests).
+    The result is dense with channels innermost (channels_last). ``splits``,
+    ``flat`` and ``pixels`` override the split-K count, the column layout and
+    the tile orientation (tests).
     """
-    assert g.ndim == 2 and x.dim() == 4 and dy.dim() == 4, "implicit kernels take 2-D problems (1-D as H = 1)"
-    x, dy = prepare_operands(x, dy)
-    key = ("grad_weight", g, x.stride(), dy.stride(), x.dtype, x.device, splits, flat,
+    if g.ndim not in (2, 3) or x.dim() != g.ndim + 2 or dy.dim() != g.ndim + 2:
+        raise ValueError(f"implicit grad_weight takes 2-D or 3-D problems (1-D as H = 1): geometry of "
+                         f"{g.ndim} dims, x of {x.dim()} and dy of {dy.dim()} dims")
+    if flat is None:
+        flat = use_flat_columns(g.channels_per_group)
+    if pixels is None:
+        pixels = pixels_inner(x.dtype, flat)
+    x, dy = prepare_operands(x, dy, pixels)
+    key = ("grad_weight", g, x.stride(), dy.stride(), x.dtype, x.device, splits, flat, pixels,
            common.dot_precision(x.dtype), config.workspace_limit())
-    plan = common.planned(key, lambda: _GradWeightPlan(x, dy, g, splits, flat))
+    plan = common.planned(key, lambda: _GradWeightPlan(x, dy, g, splits, flat, pixels))
     return plan(x, dy)
+
+
+def _as_3d(t: torch.Tensor, ndim: int) -> torch.Tensor:
+    return t.unsqueeze(2) if ndim == 2 else t
+
+
+def _geometry_3d(g: ConvGeometry):
+    """(in_size, kernel, out_size, stride, dilation, pad_low), each with 3 entries (depth 1 for 2-D)."""
+    if g.ndim == 3:
+        return g.in_size, g.kernel, g.out_size, g.stride, g.dilation, g.pad_low
+    return ((1, *g.in_size), (1, *g.kernel), (1, *g.out_size), (1, *g.stride), (1, *g.dilation),
+            (0, *g.pad_low))
+
+
+def _new_weight(x: torch.Tensor, shape) -> torch.Tensor:
+    """dw, dense with channels innermost (NaN-filled when corrmm poisons outputs)."""
+    if len(shape) == 4:
+        return common.new_nhwc(x, shape)
+    out = torch.empty(tuple(shape), dtype=x.dtype, device=x.device, memory_format=torch.channels_last_3d)
+    if config.poisoning():
+        out.fill_(float("nan"))
+    return out
 
 
 class _GradWeightPlan:
     """The two launches of one weight-gradient problem (GEMM with split-K, then the fixed-order sum)."""
 
-    def __init__(self, x: torch.Tensor, dy: torch.Tensor, g: ConvGeometry, splits, flat):
-        (H, W), (R, S), (P, Q) = g.in_size, g.kernel, g.out_size
+    def __init__(self, x: torch.Tensor, dy: torch.Tensor, g: ConvGeometry, splits, flat, pixels):
+        (D, H, W), (T, R, S), (O, P, Q), stride, dilation, pad_low = _geometry_3d(g)
         N, Cg, Kg, G = g.batch, g.channels_per_group, g.filters_per_group, g.groups
         if flat is None:
             flat = use_flat_columns(Cg)
+        self.ndim = g.ndim
         self.weight_shape = g.weight_shape
-        dw = common.new_nhwc(x, g.weight_shape)
-        reduction = N * P * Q
-        patch = Cg * R * S
+        reduction = N * O * P * Q
+        patch = Cg * T * R * S
         if splits is None:
-            tiles = common.cdiv(Kg, _MODEL_TILE) * common.cdiv(patch, _MODEL_TILE) * G
-            splits = choose_splits(tiles, reduction, dw.numel(), dw.element_size(), x.device)
+            if flat:
+                columns = common.cdiv(patch, _MODEL_TILE)
+            else:  # one tap's channels per tile: a 64-channel layer has one 64-wide tile per tap
+                columns = T * R * S * common.cdiv(Cg, min(_MODEL_TILE, max(16, common.bucket(Cg))))
+            tiles = common.cdiv(Kg, _MODEL_TILE) * columns * G
+            splits = choose_splits(tiles, reduction, g.out_channels * patch, x.element_size(), x.device,
+                                   x.element_size())
         # a multiple of 256 is a multiple of every BLOCK_K, so only the last split has a ragged end
         k_per_split = common.cdiv(common.cdiv(reduction, splits), 256) * 256
         self.splits = splits = common.cdiv(reduction, k_per_split)
-        # (splits, K, R, S, Cg) in memory: each split's slice dense in dw's own element order
-        self.workspace_shape = (splits, g.out_channels, R, S, Cg)
+        # (splits, K, T, R, S, Cg) in memory: each split's slice dense in dw's own element order
+        self.workspace_shape = (splits, g.out_channels, T, R, S, Cg)
         self.workspace_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        dw = _as_3d(_new_weight(x, g.weight_shape), g.ndim)
         target = self._workspace(x) if splits > 1 else dw
         split_stride = target.stride(0) if splits > 1 else 0
-        pads = [0, 0, sum(g.padding[0]), sum(g.padding[1])]
-        wide = common.needs_wide_index(common.span(x, pads), common.span(dy), common.span(target), reduction + 256)
+        x3, dy3 = _as_3d(x, g.ndim), _as_3d(dy, g.ndim)
+        pads = [0, 0] + [sum(p) for p in g.padding] + ([0] if g.ndim == 2 else [])
+        wide = common.needs_wide_index(common.span(x3, pads), common.span(dy3), common.span(target),
+                                       reduction + 256)
 
         def grid(meta):
             if flat:
                 columns = common.cdiv(patch, meta["BLOCK_N"])
             else:
-                columns = R * S * common.cdiv(Cg, meta["BLOCK_N"])
+                columns = T * R * S * common.cdiv(Cg, meta["BLOCK_N"])
             return (splits * common.cdiv(Kg, meta["BLOCK_M"]) * columns, G)
 
         scalars = (
-            N, H, W, P, Q, Cg, Kg, R, S,
-            g.stride[0], g.stride[1], g.dilation[0], g.dilation[1], g.pad_low[0], g.pad_low[1],
+            N, D, H, W, O, P, Q, Cg, Kg, T, R, S,
+            *stride, *dilation, *pad_low,
             k_per_split,
-            *x.stride(), *dy.stride(), split_stride, *target.stride()[-4:],
+            *x3.stride(), *dy3.stride(), split_stride, *target.stride()[-5:],
             # N_BUCKET: a tile's columns span the whole patch when flat, one tap's channels otherwise
             common.bucket(Kg), common.bucket(patch if flat else Cg), common.bucket(k_per_split),
         )
-        meta = dict(FLAT_N=flat, WIDE_INDEX=wide, INPUT_PRECISION=common.dot_precision(x.dtype),
+        meta = dict(FLAT_N=flat, PIXELS_INNER=pixels, DEPTH=(D, O, T) != (1, 1, 1), WIDE_INDEX=wide, INPUT_PRECISION=common.dot_precision(x.dtype),
                     UPCAST=common.upcast_operands(x.dtype), ACC_DTYPE=common.accumulator_dtype(x.dtype))
         self.gemm = common.KernelLaunch(implicit_grad_weight_kernel, grid, scalars, meta)
         if splits > 1:
@@ -308,23 +490,28 @@ class _GradWeightPlan:
 
     def _workspace(self, like: torch.Tensor) -> torch.Tensor:
         partials = torch.empty(self.workspace_shape, dtype=self.workspace_dtype, device=like.device)
-        return partials.permute(0, 1, 4, 2, 3)
+        return partials.permute(0, 1, 5, 2, 3, 4)
 
     def __call__(self, x: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
-        dw = common.new_nhwc(x, self.weight_shape)
+        dw = _new_weight(x, self.weight_shape)
+        dw3 = _as_3d(dw, self.ndim)
+        x3, dy3 = _as_3d(x, self.ndim), _as_3d(dy, self.ndim)
         if self.splits > 1:
             partials = self._workspace(x)
-            self.gemm(x, dy, partials)
-            self.split_sum(partials, dw)
+            self.gemm(x3, dy3, partials)
+            self.split_sum(partials, dw3)
         else:
-            self.gemm(x, dy, dw)
+            self.gemm(x3, dy3, dw3)
         return dw
+
+
+_REFERENCE_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
 def grad_weight_reference(x: torch.Tensor, dy: torch.Tensor, g: ConvGeometry) -> torch.Tensor:
     """The same gradient by torch's autograd in float64, cast back to x's dtype."""
     w = torch.zeros(g.weight_shape, dtype=torch.float64, device=x.device, requires_grad=True)
     pads = [p for low_high in reversed(g.padding) for p in low_high]
-    y = F.conv2d(F.pad(x.double(), pads), w, stride=g.stride, dilation=g.dilation, groups=g.groups)
+    y = _REFERENCE_CONV[g.ndim](F.pad(x.double(), pads), w, stride=g.stride, dilation=g.dilation, groups=g.groups)
     (dw,) = torch.autograd.grad(y, w, dy.double())
     return dw.to(x.dtype)
