@@ -63,7 +63,7 @@ def operands(g, dtype, key):
 
 
 def check_passes(g, dtype=torch.float32, key="", layout=lambda t: t, splits=None, flat=None, passes="fgw",
-                 pack=None):
+                 pack=None, rows=None):
     """Each requested pass (f: forward, g: grad-input, w: grad-weight) against the float64 reference."""
     x, w, dy = operands(g, dtype, key)
     x, w, dy = layout(x), layout(w), layout(dy)
@@ -73,7 +73,7 @@ def check_passes(g, dtype=torch.float32, key="", layout=lambda t: t, splits=None
             err = rel_err(kf.forward(x, w, g, flat=flat, pack=pack), kf.forward_reference(x.double(), w.double(), g))
             assert err <= tol, f"forward: relative error {err:.2e} > {tol:.0e}"
         if "g" in passes:
-            err = rel_err(kgi.grad_input(w, dy, g, pack=pack), kgi.grad_input_reference(w.double(), dy.double(), g))
+            err = rel_err(kgi.grad_input(w, dy, g, pack=pack, rows=rows), kgi.grad_input_reference(w.double(), dy.double(), g))
             assert err <= tol, f"grad_input: relative error {err:.2e} > {tol:.0e}"
         if "w" in passes:
             dw = kgw.grad_weight(x, dy, g, splits=splits, flat=flat)
@@ -100,6 +100,8 @@ GEOMETRIES = {
 @pytest.mark.parametrize("name", list(GEOMETRIES))
 def test_all_passes_float32(name):
     check_passes(GEOMETRIES[name], key=name)
+    if kgi.use_row_columns(GEOMETRIES[name]):  # few input channels: the general kernel too
+        check_passes(GEOMETRIES[name], key=name, passes="g", rows=False)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16], ids=str)
@@ -248,14 +250,24 @@ def test_grad_input_few_channels_tall_kernel(channels):
     """1-4 input channels under a kernel as tall as the image (output height 1): each tile runs
     only its own tap rows (tap_window), the rest of the kernel must still be accounted for."""
     g = geometry(2, channels, 6, (20, 9), (20, 3), ((0, 0), (1, 1)))
-    check_passes(g, key=f"tall{channels}", passes="g")
+    assert kgi.use_row_columns(g)
+    check_passes(g, key=f"tall{channels}", passes="g")  # kernel rows as GEMM columns
+    check_passes(g, key=f"tall{channels}-general", passes="g", rows=False)  # per-tile tap windows
+
+
+def test_grad_input_row_columns_strides_and_dilation():
+    """The row-column kernel with every feature: strides, dilation, asymmetric padding, bfloat16."""
+    g = geometry(2, 2, 5, (13, 12), (3, 4), ((2, 1), (0, 3)), (2, 3), (2, 2))
+    check_passes(g, key="rows-strided", passes="g", rows=True)
+    g = geometry(2, 4, 7, (40, 11), (5, 3), ((0, 3), (1, 1)), (3, 1), (3, 1))
+    check_passes(g, torch.bfloat16, key="rows-bf16", passes="g", rows=True)
 
 
 def test_grad_input_large_stride_first_layer():
     """An 11x11 stride-4 RGB layer in miniature: 16 phases of 3x3 taps, tiles at the image edges."""
     g = geometry(1, 3, 5, (19, 17), (11, 11), ((2, 2), (2, 2)), (4, 4))
     check_passes(g, key="stride4", passes="g")
-    check_passes(g, torch.bfloat16, key="stride4-bf16", passes="g")
+    check_passes(g, torch.bfloat16, key="stride4-bf16", passes="g", rows=False)
 
 
 # ---- through corrmm's public functions (algorithm object, 1-D lifting, memory format) -----------

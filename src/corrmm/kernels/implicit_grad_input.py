@@ -258,16 +258,25 @@ def prepare_operands(w: torch.Tensor, dy: torch.Tensor):
     return w, common.as_channels_last(dy)
 
 
-def grad_input(w: torch.Tensor, dy: torch.Tensor, g: ConvGeometry, pack: int = None) -> torch.Tensor:
+def grad_input(w: torch.Tensor, dy: torch.Tensor, g: ConvGeometry, pack: int = None,
+               rows: bool = None) -> torch.Tensor:
     """dx (N, C, [D,] H, W) from w (K, C/G, [T,] R, S) and dy (N, K, [O,] P, Q); 2-D or 3-D geometry;
-    result in dy's memory format. ``pack`` forces the groups per program (tests, benchmarks)."""
+    result in dy's memory format.
+
+    ``pack`` forces the groups per program, ``rows`` the row-column kernel for few
+    input channels on or off (tests, benchmarks); by default :func:`common.group_pack`
+    and :func:`use_row_columns` decide.
+    """
     assert g.ndim in (2, 3) and w.dim() == dy.dim() == g.ndim + 2, \
         "implicit kernels take 2-D and 3-D problems (1-D as H = 1)"
+    if rows is None:
+        rows = use_row_columns(g)
+    assert not rows or (g.ndim == 2 and g.groups == 1), "the row-column kernel takes 2-D problems of one group"
     dx = common.new_output(dy, g.input_shape)
     w, dy = prepare_operands(w, dy)
-    key = ("grad_input", g, w.stride(), dy.stride(), dx.stride(), dy.dtype, dy.device, pack,
+    key = ("grad_input", g, w.stride(), dy.stride(), dx.stride(), dy.dtype, dy.device, pack, rows,
            common.dot_precision(dy.dtype))
-    launch = common.planned(key, lambda: _launch(w, dy, dx, g, pack))
+    launch = common.planned(key, lambda: _launch_rows(w, dy, dx, g) if rows else _launch(w, dy, dx, g, pack))
     launch(dy, w, dx)
     return dx
 
@@ -303,6 +312,157 @@ def _launch(w: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, g: ConvGeometry
                 INPUT_PRECISION=common.dot_precision(dy.dtype),
                 UPCAST=common.upcast_operands(dy.dtype), ACC_DTYPE=common.accumulator_dtype(dy.dtype))
     return common.KernelLaunch(implicit_grad_input_kernel, grid, scalars, meta)
+
+
+# ---- few input channels: kernel rows as GEMM columns ------------------------------------------
+
+#: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) of the row-column kernel; BLOCK_N = C_PAD x image rows
+ROWS_TILES = [
+    (128, 64, 64, 4, 3),
+    (128, 128, 64, 8, 3),
+    (64, 64, 64, 4, 3),
+    (128, 32, 64, 4, 4),
+    (256, 64, 32, 8, 3),
+    (64, 128, 32, 4, 4),
+]
+ROWS_CONFIGS = common.make_configs(ROWS_TILES)
+
+#: at most this many input channels take the row-column kernel (it pads C to a power of two C_PAD)
+FEW_CHANNELS = 4
+
+
+def _prune_rows_configs(configs, named_args, **kwargs):
+    """Configs whose tiles fit shared memory and are at least C_PAD columns wide."""
+    element_size = named_args["dy_ptr"].element_size()
+    kept = [c for c in configs if c.kwargs["BLOCK_N"] >= named_args["C_PAD"]
+            and max(c.num_stages, 1) * (c.kwargs["BLOCK_M"] + c.kwargs["BLOCK_N"]) * c.kwargs["BLOCK_K"]
+            * element_size <= common._SHARED_MEMORY_BUDGET]
+    if element_size >= 8:
+        kept = [c for c in kept if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64] or kept
+    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"])]
+
+
+@triton.autotune(configs=ROWS_CONFIGS, key=["M_BUCKET", "N_BUCKET", "K_BUCKET", "C_PAD", "INPUT_PRECISION"],
+                 prune_configs_by={"early_config_prune": _prune_rows_configs})
+@triton.jit
+def grad_input_rows_kernel(
+    # pointers
+    dy_ptr, w_ptr, dx_ptr,
+    # sizes (one group: C input channels, K filters)
+    N, H, W, P, Q, C, K, R, S,
+    # geometry
+    conv_stride_h, conv_stride_w, dilation_h, dilation_w, pad_h, pad_w, tap_step_w,
+    # strides (elements)
+    stride_dyn, stride_dyk, stride_dyp, stride_dyq,
+    stride_wk, stride_wc, stride_wr, stride_ws,
+    stride_dxn, stride_dxc, stride_dxh, stride_dxw,
+    # autotuning keys only
+    M_BUCKET, N_BUCKET, K_BUCKET,
+    # meta-parameters
+    C_PAD: tl.constexpr, WIDE_INDEX: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """dx tile [pixels of one w-phase (rows), (image row h, channel c) pairs (columns)].
+
+    acc[(n, w), (h, c)] = Σ_u Σ_{s, k} dy[n, k, u, q(w, s)] · w[k, c, (h + ph - u·sh)/dh, s]: for each
+    dy row u the A tile is shared by every image row of the tile, and the weight tile is zero where
+    (h + ph - u·sh)/dh is no tap (not integral, or outside [0, R)).
+    """
+    rows_per_tile = BLOCK_N // C_PAD
+    pid = tl.program_id(0)
+    phase_w = tl.program_id(1)  # (w + pad_w) mod sw for every row of this program
+    num_h_tiles = tl.cdiv(H, rows_per_tile)
+    pid_m = pid // num_h_tiles
+    pid_h = pid % num_h_tiles
+
+    # ---- rows: input pixels (n, w) of this w-phase, w = w_first + i·sw
+    first_s, taps_w = first_tap(S, tap_step_w, dilation_w, conv_stride_w, phase_w)
+    w_first = (phase_w + conv_stride_w - pad_w % conv_stride_w) % conv_stride_w
+    cols_w = (W - w_first + conv_stride_w - 1) // conv_stride_w
+    offs_m = widen(pid_m, WIDE_INDEX) * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_valid = offs_m < N * cols_w
+    n = offs_m // tl.maximum(cols_w, 1)
+    w = w_first + (offs_m % tl.maximum(cols_w, 1)) * conv_stride_w
+    q_base = (w + pad_w) // conv_stride_w
+    s0, taps_s = tap_window(first_s, taps_w, tap_step_w, dilation_w, conv_stride_w, phase_w,
+                            tl.min(tl.where(m_valid, q_base, 1 << 30)), tl.max(tl.where(m_valid, q_base, -1)), Q)
+
+    # ---- columns: (image row, channel) pairs, channel fastest
+    offs_n = tl.arange(0, BLOCK_N)
+    c = offs_n % C_PAD
+    h_low = pid_h * rows_per_tile
+    h = h_low + offs_n // C_PAD
+    col_valid = (c < C) & (h < H)
+    h_high = tl.minimum(h_low + rows_per_tile, H) - 1
+
+    # ---- dy rows u that reach some image row of the tile: h + ph - u·sh in [0, (R-1)·dh]
+    u_num = h_low + pad_h - (R - 1) * dilation_h
+    u_low = tl.where(u_num > 0, (u_num + conv_stride_h - 1) // conv_stride_h, 0)
+    u_end = tl.minimum((h_high + pad_h) // conv_stride_h + 1, P)
+    dy_rows_u = tl.maximum(u_end - u_low, 0)
+
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    dy_rows = n * stride_dyn + q_base * stride_dyq
+    w_cols = widen(c, WIDE_INDEX) * stride_wc
+    filter_blocks = tl.cdiv(K, BLOCK_K)
+    steps = tl.where(widen(pid_m, WIDE_INDEX) * BLOCK_M < N * cols_w, dy_rows_u * taps_s * filter_blocks, 0)
+    for step in range(0, steps):
+        us = step // filter_blocks
+        k = (step - us * filter_blocks) * BLOCK_K + offs_k
+        u_index = us // taps_s
+        u = u_low + u_index
+        s = first_s + (s0 + us - u_index * taps_s) * tap_step_w
+        shift_w = (s * dilation_w - phase_w) // conv_stride_w
+        q = q_base - shift_w
+        row_valid = m_valid & (q >= 0) & (q < Q)
+        k_valid = k < K
+        filters = widen(k, WIDE_INDEX)
+        a_ptrs = dy_ptr + (dy_rows + widen(u, WIDE_INDEX) * stride_dyp - widen(shift_w, WIDE_INDEX) * stride_dyq)[:, None] \
+            + (filters * stride_dyk)[None, :]
+        a = tl.load(a_ptrs, mask=row_valid[:, None] & k_valid[None, :], other=0.0)
+        r_num = h + pad_h - u * conv_stride_h
+        r_safe = tl.maximum(r_num, 0)
+        r = r_safe // dilation_h
+        tap_ok = col_valid & (r_num >= 0) & (r_safe - r * dilation_h == 0) & (r < R)
+        b_ptrs = w_ptr + (filters * stride_wk)[:, None] + (w_cols + widen(r, WIDE_INDEX) * stride_wr
+                                                          + widen(s, WIDE_INDEX) * stride_ws)[None, :]
+        b = tl.load(b_ptrs, mask=k_valid[:, None] & tap_ok[None, :], other=0.0)
+        acc = multiply_accumulate(acc, a, b, INPUT_PRECISION, UPCAST)
+
+    # ---- epilogue: dx[n, c, h, w]
+    dx_ptrs = dx_ptr + (n * stride_dxn + w * stride_dxw)[:, None] \
+        + (widen(c, WIDE_INDEX) * stride_dxc + widen(h, WIDE_INDEX) * stride_dxh)[None, :]
+    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=m_valid[:, None] & col_valid[None, :])
+
+
+def use_row_columns(g: ConvGeometry) -> bool:
+    """The row-column kernel for 2-D input gradients of 1-4 channels, one group, a kernel of 2+ rows."""
+    return g.ndim == 2 and g.groups == 1 and g.in_channels <= FEW_CHANNELS and g.kernel[0] > 1 and g.in_size[0] > 1
+
+
+def _launch_rows(w: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, g: ConvGeometry) -> common.KernelLaunch:
+    (H, W), (R, S), (P, Q) = g.in_size, g.kernel, g.out_size
+    (sh, sw), (dh, dw) = g.stride, g.dilation
+    N, C, K = g.batch, g.in_channels, g.out_channels
+    c_pad = common.bucket(C)
+    tap_step_w = sw // math.gcd(sw, dw)
+    reach = [0, 0, H + sum(g.padding[0]) + R * dh, W + sum(g.padding[1]) + S * dw]
+    rows = N * common.cdiv(W, sw)
+    wide = common.needs_wide_index(common.span(dy, reach), common.span(w), common.span(dx), N * H * W + 256)
+
+    def grid(meta):
+        return (common.cdiv(rows, meta["BLOCK_M"]) * common.cdiv(H, meta["BLOCK_N"] // c_pad), sw)
+
+    scalars = (
+        N, H, W, P, Q, C, K, R, S,
+        sh, sw, dh, dw, g.pad_low[0], g.pad_low[1], tap_step_w,
+        *dy.stride(), *w.stride(), *dx.stride(),
+        common.bucket(rows), common.bucket(C * H), common.bucket(K * common.cdiv(S, tap_step_w)),
+    )
+    meta = dict(C_PAD=c_pad, WIDE_INDEX=wide, INPUT_PRECISION=common.dot_precision(dy.dtype),
+                UPCAST=common.upcast_operands(dy.dtype), ACC_DTYPE=common.accumulator_dtype(dy.dtype))
+    return common.KernelLaunch(grad_input_rows_kernel, grid, scalars, meta)
 
 
 def grad_input_reference(w: torch.Tensor, dy: torch.Tensor, g: ConvGeometry) -> torch.Tensor:
