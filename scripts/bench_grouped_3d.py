@@ -36,8 +36,8 @@ CASES = {
 
 #: (case, passes, options per pass): options are the keyword arguments given to the kernel wrapper
 VARIANTS = [
-    ("G8", "fg", [{}, {"pack": 1}, {"pack": 2}, {"pack": 8}]),
-    ("G4", "fg", [{}, {"pack": 1}, {"pack": 4}, {"pack": 16}]),
+    ("G8", "fg", [{}, {"pack": 2}, {"pack": 8}]),   # default pack 4; the old code is pack 1
+    ("G4", "fg", [{}, {"pack": 4}, {"pack": 16}]),  # default pack 8
     ("V3", "fg", [{}]),
     ("T1", "g", [{}, {"rows": False}]),
     ("A1", "g", [{}, {"rows": False}]),
