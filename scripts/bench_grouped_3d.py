@@ -36,11 +36,11 @@ CASES = {
 
 #: (case, passes, options per pass): options are the keyword arguments given to the kernel wrapper
 VARIANTS = [
-    ("G8", "fg", [{}, {"pack": 2}, {"pack": 8}]),   # default pack 4; the old code is pack 1
-    ("G4", "fg", [{}, {"pack": 4}, {"pack": 16}]),  # default pack 8
-    ("V3", "fg", [{}]),
-    ("T1", "g", [{}, {"rows": False}]),
-    ("A1", "g", [{}, {"rows": False}]),
+    ("G8", "fg", [{}, {"pack": 2}, {"pack": 8}, {"algo": "auto"}]),   # default pack 4; the old code is pack 1
+    ("G4", "fg", [{}, {"pack": 4}, {"pack": 16}, {"algo": "auto"}]),  # default pack 8
+    ("V3", "fg", [{}, {"algo": "auto"}]),
+    ("T1", "g", [{}, {"rows": False}, {"algo": "fft"}, {"algo": "auto"}]),
+    ("A1", "g", [{}, {"rows": False}, {"algo": "auto"}]),
     ("R4", "fg", [{}]),
     ("L3", "fg", [{}]),
 ]
@@ -73,6 +73,13 @@ def supported_options(fn, options):
 
 def corrmm_call(pass_name, g, x, w, dy, options):
     """A zero-argument callable running the pass, or None where this corrmm lacks the variant."""
+    if "algo" in options:  # through corrmm's public functions: auto, fft, ...
+        import corrmm
+        nd = g.ndim
+        kw = dict(border_mode=g.padding[0][0], subsample=g.stride, num_groups=g.groups, algo=options["algo"])
+        if pass_name == "f":
+            return lambda: getattr(corrmm, f"corr{nd}d")(x, w, **kw)
+        return lambda: getattr(corrmm, f"corr{nd}d_grad_input")(w, dy, g.in_size, **kw)
     from corrmm.kernels import implicit_forward as kf, implicit_grad_input as kgi
     fn = kf.forward if pass_name == "f" else kgi.grad_input
     if not supported_options(fn, options):
@@ -110,7 +117,7 @@ def work_items():
         for dtype_name in DTYPES:
             for pass_name in passes:
                 for options in option_list:
-                    if dtype_name == "tf32" and options:  # TF32: the default variant only
+                    if dtype_name == "tf32" and options and "algo" not in options:  # TF32: default and algos
                         continue
                     yield case, dtype_name, pass_name, options
 
@@ -125,6 +132,8 @@ def set_precision(dtype_name):
 def warm(item):
     """Compile every pruned config of one variant (no launch)."""
     case, dtype_name, pass_name, options = item
+    if "algo" in options:
+        return 0
     try:
         set_precision(dtype_name)
         g, x, w, dy = operands(case, dtype_name)
