@@ -30,6 +30,8 @@ CASES = {
     "V3": (8, 64, 128, (16, 56, 56), (3, 3, 3), 1, 1, 1),  # R3D 3x3x3
     "T1": (64, 1, 64, (128, 512), (128, 8), 1, 0, 1),      # spectrogram first layer: kernel as tall as the input
     "A1": (64, 3, 96, (224, 224), (11, 11), 4, 2, 1),      # AlexNet's first layer
+    "L1": (128, 3, 96, (128, 128), (11, 11), 1, 0, 1),     # the convnet suite's few-channel and large-kernel
+    "S2": (32, 64, 128, (32, 32), (28, 28), 1, 0, 1),      # layers, whose input gradients auto gave to fft
     "R4": (64, 256, 256, (14, 14), (3, 3), 1, 1, 1),       # dense regression checks
     "L3": (128, 128, 128, (32, 32), (9, 9), 1, 0, 1),
 }
@@ -44,6 +46,19 @@ VARIANTS = [
     ("R4", "fg", [{}]),
     ("L3", "fg", [{}]),
 ]
+#: the follow-up set (BENCH_SET=2): the row-column kernel, its rivals, and repeats
+VARIANTS_2 = [
+    ("T1", "g", [{}, {"algo": "auto"}]),
+    ("A1", "g", [{}, {"rows": False}, {"algo": "auto"}]),
+    ("L1", "g", [{}, {"algo": "fft"}]),
+    ("S2", "g", [{}, {"algo": "fft"}]),
+    ("G8", "fg", [{}]),
+    ("R4", "g", [{}]),
+]
+if os.environ.get("BENCH_SET") == "2":
+    VARIANTS = VARIANTS_2
+if os.environ.get("BENCH_CASES"):
+    VARIANTS = [v for v in VARIANTS if v[0] in os.environ["BENCH_CASES"].split(",")]
 DTYPES = ("bf16", "tf32")
 
 
@@ -117,7 +132,7 @@ def work_items():
         for dtype_name in DTYPES:
             for pass_name in passes:
                 for options in option_list:
-                    if dtype_name == "tf32" and options and "algo" not in options:  # TF32: default and algos
+                    if dtype_name == "tf32" and options and "algo" not in options and "rows" not in options:
                         continue
                     yield case, dtype_name, pass_name, options
 

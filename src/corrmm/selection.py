@@ -85,6 +85,9 @@ def _cuda_rule(pass_name: str, g: ConvGeometry, dtype: torch.dtype) -> str:
     fft_fits = unit_steps and taps >= FFT_MIN_TAPS
     tf32 = dtype == torch.float32 and torch.backends.cudnn.allow_tf32
     tf32_gradient_fft = tf32 and unit_steps and taps >= FFT_MIN_TAPS_TF32_GRADIENTS
+    special = _grouped_or_few_channel_rule(pass_name, g, dtype)
+    if special:
+        return special
     if pass_name == "forward":
         if few_channels and dtype in (torch.float32, torch.float64):
             return "im2col"
@@ -100,6 +103,21 @@ def _cuda_rule(pass_name: str, g: ConvGeometry, dtype: torch.dtype) -> str:
             return "im2col"  # the implicit weight-gradient tiles read pixels strided: slow for 32-bit operands
         return "implicit"  # S2 too: 1.65x swapped's speed there (bf16, v4)
     raise ValueError(f"unknown pass {pass_name!r}")
+
+
+# ---- grouped, 3-D and few-channel layers (PERFORMANCE.md, "grouped, 3-D, small-channel") -------------
+# 3-D forward and input-gradient passes need no rule of their own: the general rule's "implicit" now
+# runs (V3 in bf16: 7.6x and 33x the seed rule's choice), where it used to fall back to the seed rule.
+
+def _grouped_or_few_channel_rule(pass_name: str, g: ConvGeometry, dtype: torch.dtype):
+    """implicit for small groups in float32 (packed groups: G8 in TF32 6x im2col) and for the input
+    gradient of 1-4 channel 2-D layers (row-column kernel and tap windows: T1 7.6x fft); else None."""
+    small_groups = g.groups > 1 and 1 < g.channels_per_group < FEW_CHANNELS  # depthwise (Cg = 1) excluded
+    if pass_name == "forward" and small_groups and dtype == torch.float32:
+        return "implicit"
+    if pass_name == "grad_input" and g.ndim == 2 and g.groups == 1 and g.in_channels <= 4 and g.kernel[0] > 1:
+        return "implicit"
+    return None
 
 
 def auto_choice(pass_name: str, geometry: ConvGeometry, device: torch.device, dtype: torch.dtype) -> str:

@@ -179,6 +179,8 @@ NARROW_TILES = [
     (64, 32, 32, 4, 4),
     (128, 16, 16, 4, 4),
     (256, 32, 32, 8, 4),
+    (64, 32, 32, 2, 4),
+    (128, 32, 32, 4, 2),
 ]
 
 #: the channel (and filter) width a program of packed groups aims for: wide enough for 64-byte reads

@@ -332,10 +332,9 @@ FEW_CHANNELS = 4
 
 
 def _prune_rows_configs(configs, named_args, **kwargs):
-    """Configs whose tiles fit shared memory and are at least C_PAD columns wide."""
+    """Configs whose tiles fit shared memory (every BLOCK_N of ROWS_TILES is at least 4 = the largest C_PAD)."""
     element_size = named_args["dy_ptr"].element_size()
-    kept = [c for c in configs if c.kwargs["BLOCK_N"] >= named_args["C_PAD"]
-            and max(c.num_stages, 1) * (c.kwargs["BLOCK_M"] + c.kwargs["BLOCK_N"]) * c.kwargs["BLOCK_K"]
+    kept = [c for c in configs if max(c.num_stages, 1) * (c.kwargs["BLOCK_M"] + c.kwargs["BLOCK_N"]) * c.kwargs["BLOCK_K"]
             * element_size <= common._SHARED_MEMORY_BUDGET]
     if element_size >= 8:
         kept = [c for c in kept if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64] or kept
