@@ -107,16 +107,28 @@ def _cuda_rule(pass_name: str, g: ConvGeometry, dtype: torch.dtype) -> str:
 
 # ---- grouped, 3-D and few-channel layers (PERFORMANCE.md, "grouped, 3-D, small-channel") -------------
 # 3-D forward and input-gradient passes need no rule of their own: the general rule's "implicit" now
-# runs (V3 in bf16: 7.6x and 33x the seed rule's choice), where it used to fall back to the seed rule.
+# runs (V3 in bf16: 7.6x and 34x the old auto choice, forward and grad-input), where it used to fall
+# back to the seed rule.
 
 def _grouped_or_few_channel_rule(pass_name: str, g: ConvGeometry, dtype: torch.dtype):
-    """implicit for small groups in float32 (packed groups: G8 in TF32 6x im2col) and for the input
-    gradient of 1-4 channel 2-D layers (row-column kernel and tap windows: T1 7.6x fft); else None."""
+    """implicit where its packed groups, row-column kernel and tap windows win; else None.
+
+    * forward of small groups in float32: G8 in TF32 6.8x im2col (the few-channel rule
+      below was fitted to ungrouped RGB layers);
+    * input gradient of 1-4 channel 2-D layers (the row-column kernel): T1 56x and L1 2.5x
+      fft in bf16, 2.1x fft on L1 in TF32;
+    * 16-bit input gradients of kernels large against their output (the seed's predicate):
+      the tap windows skip what fft's transforms pay for, S2 1.3x fft in bf16 (TF32 stays fft).
+    """
     small_groups = g.groups > 1 and 1 < g.channels_per_group < FEW_CHANNELS  # depthwise (Cg = 1) excluded
     if pass_name == "forward" and small_groups and dtype == torch.float32:
         return "implicit"
-    if pass_name == "grad_input" and g.ndim == 2 and g.groups == 1 and g.in_channels <= 4 and g.kernel[0] > 1:
-        return "implicit"
+    if pass_name == "grad_input":
+        if g.ndim == 2 and g.groups == 1 and g.in_channels <= 4 and g.kernel[0] > 1:
+            return "implicit"
+        large_kernel = g.batch * math.prod(g.kernel) > g.channels_per_group * math.prod(g.out_size)
+        if large_kernel and dtype in (torch.float16, torch.bfloat16):
+            return "implicit"
     return None
 
 
