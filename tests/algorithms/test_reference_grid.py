@@ -14,7 +14,8 @@ import torch
 import corrmm
 from corrmm.algorithms import REGISTRY
 
-from tests.reference import DEVICE, DTYPES, INTERPRETED, UNIVERSAL, assert_passes_match_reference, randn, seeded_generator
+from tests.reference import (DEVICE, DTYPES, INTERPRETED, UNIVERSAL, assert_passes_match_reference, randn,
+                             seeded_generator)
 
 
 # (batch, channels, in_size, filters, kernel, groups)

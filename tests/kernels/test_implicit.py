@@ -73,7 +73,8 @@ def check_passes(g, dtype=torch.float32, key="", layout=lambda t: t, splits=None
             err = rel_err(kf.forward(x, w, g, flat=flat, pack=pack), kf.forward_reference(x.double(), w.double(), g))
             assert err <= tol, f"forward: relative error {err:.2e} > {tol:.0e}"
         if "g" in passes:
-            err = rel_err(kgi.grad_input(w, dy, g, pack=pack, rows=rows), kgi.grad_input_reference(w.double(), dy.double(), g))
+            err = rel_err(kgi.grad_input(w, dy, g, pack=pack, rows=rows),
+                          kgi.grad_input_reference(w.double(), dy.double(), g))
             assert err <= tol, f"grad_input: relative error {err:.2e} > {tol:.0e}"
         if "w" in passes:
             dw = kgw.grad_weight(x, dy, g, splits=splits, flat=flat)

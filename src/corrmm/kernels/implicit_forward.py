@@ -7,8 +7,8 @@ arithmetic, a 1-D problem arrives as a 2-D one with H = 1), per group g of G:
     w  (K, C/G, T, R, S)    any strides
     y  (N, K, O, P, Q)      allocated in x's memory format (common.new_output): no copy afterwards
 
-    y[n, g·Kg + k, o, p, q] = Σ_{c < Cg, t, r, s} x[n, g·Cg + c, o·sd + t·dd - pd, p·sh + r·dh - ph, q·sw + s·dw - pw]
-                                                  · w[g·Kg + k, c, t, r, s]
+    y[n, g·Kg + k, o, p, q] = Σ_{c < Cg, t, r, s} w[g·Kg + k, c, t, r, s]
+                              · x[n, g·Cg + c, o·sd + t·dd - pd, p·sh + r·dh - ph, q·sw + s·dw - pw]
 
 GEMM view (CUTLASS's "fprop"), per group:
 
@@ -40,7 +40,8 @@ Loop nest (one program = one BLOCK_M x BLOCK_N tile of one block of GP groups)::
 
     for m-tile, n-tile, group block:                        # grid
         acc = 0
-        for (t, r, s, c0) in taps x channel blocks:         # one K step each (FLAT_K: k0 in range(0, CB·T·R·S, BLOCK_K))
+        for (t, r, s, c0) in taps x channel blocks:         # one K step each
+                                                            # (FLAT_K: k0 in range(0, CB·T·R·S, BLOCK_K))
             a = x[n(m), c0:c0+BK, o(m)·sd + t·dd - pd, p(m)·sh + r·dh - ph, q(m)·sw + s·dw - pw]   # masked gather
             b = w[n-tile, c0:c0+BK, t, r, s]                # block-diagonal when PACKED
             acc += a @ b                                    # fp32 (fp64 for float64)
@@ -155,7 +156,8 @@ def implicit_forward_kernel(
             if PACKED:
                 b_mask = b_mask & ((c // Cg)[:, None] == filter_group[None, :])
                 c = c % Cg
-            w_taps = widen(c, WIDE_INDEX) * stride_wc + widen(r, WIDE_INDEX) * stride_wr + widen(s, WIDE_INDEX) * stride_ws
+            w_taps = (widen(c, WIDE_INDEX) * stride_wc + widen(r, WIDE_INDEX) * stride_wr
+                      + widen(s, WIDE_INDEX) * stride_ws)
             if VOLUMETRIC:
                 w_taps += widen(t, WIDE_INDEX) * stride_wt
             b_ptrs = w_ptr + w_taps[:, None] + w_cols[None, :]
@@ -190,7 +192,8 @@ def implicit_forward_kernel(
             if PACKED:
                 b_mask = b_mask & ((c // Cg)[:, None] == filter_group[None, :])
                 c = c % Cg
-            w_taps = widen(r, WIDE_INDEX) * stride_wr + widen(s, WIDE_INDEX) * stride_ws + widen(c, WIDE_INDEX) * stride_wc
+            w_taps = (widen(r, WIDE_INDEX) * stride_wr + widen(s, WIDE_INDEX) * stride_ws
+                      + widen(c, WIDE_INDEX) * stride_wc)
             if VOLUMETRIC:
                 w_taps += widen(t, WIDE_INDEX) * stride_wt
             b_ptrs = w_ptr + w_taps[:, None] + w_cols[None, :]
@@ -238,7 +241,8 @@ def forward(x: torch.Tensor, w: torch.Tensor, g: ConvGeometry, flat: bool = None
 def _launch(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, g: ConvGeometry, flat, pack=None) -> common.KernelLaunch:
     """The kernel's arguments for this problem, derived once."""
     (D, H, W), (T, R, S), (O, P, Q) = common.as_3d(g.in_size), common.as_3d(g.kernel), common.as_3d(g.out_size)
-    (sd, sh, sw), (dd, dh, dw), (pd, ph, pw) = common.as_3d(g.stride), common.as_3d(g.dilation), common.as_3d(g.pad_low, fill=0)
+    (sd, sh, sw), (dd, dh, dw) = common.as_3d(g.stride), common.as_3d(g.dilation)
+    pd, ph, pw = common.as_3d(g.pad_low, fill=0)
     N, Cg, Kg, G = g.batch, g.channels_per_group, g.filters_per_group, g.groups
     if pack is None:
         pack = common.group_pack(G, Cg, Kg)

@@ -334,8 +334,9 @@ FEW_CHANNELS = 4
 def _prune_rows_configs(configs, named_args, **kwargs):
     """Configs whose tiles fit shared memory (every BLOCK_N of ROWS_TILES is at least 4 = the largest C_PAD)."""
     element_size = named_args["dy_ptr"].element_size()
-    kept = [c for c in configs if max(c.num_stages, 1) * (c.kwargs["BLOCK_M"] + c.kwargs["BLOCK_N"]) * c.kwargs["BLOCK_K"]
-            * element_size <= common._SHARED_MEMORY_BUDGET]
+    def shared_bytes(c):
+        return max(c.num_stages, 1) * (c.kwargs["BLOCK_M"] + c.kwargs["BLOCK_N"]) * c.kwargs["BLOCK_K"] * element_size
+    kept = [c for c in configs if shared_bytes(c) <= common._SHARED_MEMORY_BUDGET]
     if element_size >= 8:
         kept = [c for c in kept if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64] or kept
     return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"])]
@@ -417,8 +418,8 @@ def grad_input_rows_kernel(
         row_valid = m_valid & (q >= 0) & (q < Q)
         k_valid = k < K
         filters = widen(k, WIDE_INDEX)
-        a_ptrs = dy_ptr + (dy_rows + widen(u, WIDE_INDEX) * stride_dyp - widen(shift_w, WIDE_INDEX) * stride_dyq)[:, None] \
-            + (filters * stride_dyk)[None, :]
+        dy_shift = widen(u, WIDE_INDEX) * stride_dyp - widen(shift_w, WIDE_INDEX) * stride_dyq
+        a_ptrs = dy_ptr + (dy_rows + dy_shift)[:, None] + (filters * stride_dyk)[None, :]
         a = tl.load(a_ptrs, mask=row_valid[:, None] & k_valid[None, :], other=0.0)
         r_num = h + pad_h - u * conv_stride_h
         r_safe = tl.maximum(r_num, 0)
