@@ -115,7 +115,7 @@ def _grouped_or_few_channel_rule(pass_name: str, g: ConvGeometry, dtype: torch.d
 
     * forward of small groups in float32: G8 in TF32 6.8x im2col (the few-channel rule
       below was fitted to ungrouped RGB layers);
-    * input gradient of 1-4 channel 2-D layers (the row-column kernel): T1 56x and L1 2.5x
+    * input gradient of 1-4 channel 2-D layers (the row-column kernel): T1 106x and L1 2.5x
       fft in bf16, 2.1x fft on L1 in TF32;
     * 16-bit input gradients of kernels large against their output (the seed's predicate):
       the tap windows skip what fft's transforms pay for, S2 1.3x fft in bf16 (TF32 stays fft).
