@@ -20,12 +20,16 @@ LAYERS = {
     "R1": ((64, 3, 224, 224), (64, 3, 7, 7), 3, 2),
     "R3": ((64, 256, 56, 56), (64, 256, 1, 1), 0, 1),
     "R4": ((64, 256, 14, 14), (256, 256, 3, 3), 1, 1),
+    # grouped, 3-D and few-channel layers (PERFORMANCE.md, "grouped, 3-D, small-channel")
+    "G8": ((64, 256, 28, 28), (256, 8, 3, 3), 1, 1, 32),
+    "V3": ((8, 64, 16, 56, 56), (128, 64, 3, 3, 3), 1, 1),
+    "T1": ((64, 1, 128, 512), (64, 1, 128, 8), 0, 1),
 }
 
 
 def _geometry(name):
-    x, w, pad, stride = LAYERS[name]
-    return make_geometry(x, w, border_mode=pad, subsample=stride)
+    x, w, pad, stride, *groups = LAYERS[name]
+    return make_geometry(x, w, border_mode=pad, subsample=stride, num_groups=groups[0] if groups else 1)
 
 
 @pytest.mark.parametrize("name,dtype,pass_name,expected", [
@@ -41,8 +45,15 @@ def _geometry(name):
     ("S2", torch.bfloat16, "forward", "swapped"),
     ("S2", torch.bfloat16, "grad_weight", "implicit"),
     ("S2", torch.float32, "grad_weight", "im2col"),
-    ("S2", torch.bfloat16, "grad_input", "fft"),
-    ("L1", torch.bfloat16, "grad_input", "fft"),
+    ("S2", torch.bfloat16, "grad_input", "implicit"),  # tap windows (grouped / 3-D / few-channel notes)
+    ("S2", torch.float32, "grad_input", "fft"),
+    ("L1", torch.bfloat16, "grad_input", "implicit"),  # the row-column kernel
+    ("L1", torch.float32, "grad_input", "implicit"),
+    ("T1", torch.bfloat16, "grad_input", "implicit"),
+    ("G8", torch.float32, "forward", "implicit"),      # packed groups
+    ("G8", torch.bfloat16, "grad_input", "implicit"),
+    ("V3", torch.bfloat16, "forward", "implicit"),     # 3-D kernels
+    ("V3", torch.float32, "grad_input", "implicit"),
     ("L3", torch.bfloat16, "grad_input", "implicit"),
     ("L3", torch.float32, "forward", "fft"),
     ("L3", torch.float32, "grad_weight", "fft"),

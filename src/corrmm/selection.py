@@ -100,6 +100,9 @@ def _cuda_rule(pass_name: str, g: ConvGeometry, dtype: torch.dtype) -> str:
     fft_fits = unit_steps and taps >= FFT_MIN_TAPS
     tf32 = dtype == torch.float32 and torch.backends.cudnn.allow_tf32
     tf32_gradient_fft = tf32 and unit_steps and taps >= FFT_MIN_TAPS_TF32_GRADIENTS
+    special = _grouped_or_few_channel_rule(pass_name, g, dtype)
+    if special:
+        return special
     if pass_name == "forward":
         if few_channels and dtype in (torch.float32, torch.float64):
             return "im2col"
@@ -117,6 +120,33 @@ def _cuda_rule(pass_name: str, g: ConvGeometry, dtype: torch.dtype) -> str:
             return "im2col"  # channel-block weight-gradient tiles are MN-major, which TF32 wgmma cannot read
         return "implicit"  # S2 too: 1.65x swapped's speed there (bf16, v4)
     raise ValueError(f"unknown pass {pass_name!r}")
+
+
+# ---- grouped, 3-D and few-channel layers (PERFORMANCE.md, "grouped, 3-D, small-channel") -------------
+# 3-D forward and input-gradient passes need no rule of their own: the general rule's "implicit" now
+# runs (V3 in bf16: 7.6x and 34x the old auto choice, forward and grad-input), where it used to fall
+# back to the seed rule.
+
+def _grouped_or_few_channel_rule(pass_name: str, g: ConvGeometry, dtype: torch.dtype):
+    """implicit where its packed groups, row-column kernel and tap windows win; else None.
+
+    * forward of small groups in float32: G8 in TF32 6.8x im2col (the few-channel rule
+      below was fitted to ungrouped RGB layers);
+    * input gradient of 1-4 channel 2-D layers (the row-column kernel): T1 106x and L1 2.5x
+      fft in bf16, 2.1x fft on L1 in TF32;
+    * 16-bit input gradients of kernels large against their output (the seed's predicate):
+      the tap windows skip what fft's transforms pay for, S2 1.3x fft in bf16 (TF32 stays fft).
+    """
+    small_groups = g.groups > 1 and 1 < g.channels_per_group < FEW_CHANNELS  # depthwise (Cg = 1) excluded
+    if pass_name == "forward" and small_groups and dtype == torch.float32:
+        return "implicit"
+    if pass_name == "grad_input":
+        if g.ndim == 2 and g.groups == 1 and g.in_channels <= 4 and g.kernel[0] > 1:
+            return "implicit"
+        large_kernel = g.batch * math.prod(g.kernel) > g.channels_per_group * math.prod(g.out_size)
+        if large_kernel and dtype in (torch.float16, torch.bfloat16):
+            return "implicit"
+    return None
 
 
 # ---- the CPU rule (fitted to `corrmm bench --device cpu --threads 1` on the cpu-small suite and the

@@ -62,17 +62,19 @@ def operands(g, dtype, key):
     return draw(g.input_shape), draw(g.weight_shape), draw(g.output_shape)
 
 
-def check_passes(g, dtype=torch.float32, key="", layout=lambda t: t, splits=None, flat=None, passes="fgw"):
+def check_passes(g, dtype=torch.float32, key="", layout=lambda t: t, splits=None, flat=None, passes="fgw",
+                 pack=None, rows=None):
     """Each requested pass (f: forward, g: grad-input, w: grad-weight) against the float64 reference."""
     x, w, dy = operands(g, dtype, key)
     x, w, dy = layout(x), layout(w), layout(dy)
     tol = TOLERANCE[dtype]
     with config.poison_outputs():
         if "f" in passes:
-            err = rel_err(kf.forward(x, w, g, flat=flat), kf.forward_reference(x.double(), w.double(), g))
+            err = rel_err(kf.forward(x, w, g, flat=flat, pack=pack), kf.forward_reference(x.double(), w.double(), g))
             assert err <= tol, f"forward: relative error {err:.2e} > {tol:.0e}"
         if "g" in passes:
-            err = rel_err(kgi.grad_input(w, dy, g), kgi.grad_input_reference(w.double(), dy.double(), g))
+            err = rel_err(kgi.grad_input(w, dy, g, pack=pack, rows=rows),
+                          kgi.grad_input_reference(w.double(), dy.double(), g))
             assert err <= tol, f"grad_input: relative error {err:.2e} > {tol:.0e}"
         if "w" in passes:
             dw = kgw.grad_weight(x, dy, g, splits=splits, flat=flat)
@@ -99,6 +101,8 @@ GEOMETRIES = {
 @pytest.mark.parametrize("name", list(GEOMETRIES))
 def test_all_passes_float32(name):
     check_passes(GEOMETRIES[name], key=name)
+    if kgi.use_row_columns(GEOMETRIES[name]):  # few input channels: the general kernel too
+        check_passes(GEOMETRIES[name], key=name, passes="g", rows=False)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16], ids=str)
@@ -281,6 +285,76 @@ def test_wide_index_path(monkeypatch):
     check_passes(GEOMETRIES["stride2x4_dil2x1_groups2"], key="wide", splits=2)
 
 
+# ---- 3-D, packed groups, few input channels (forward and grad-input) ----------------------------
+
+GEOMETRIES_3D = {
+    "3d_3x3x3_pad1": geometry(2, 4, 6, (3, 5, 4), (3, 3, 3), ((1, 1),) * 3, (1, 1, 1), (1, 1, 1)),
+    "3d_stride_dil_asym_pad_groups2": geometry(2, 4, 6, (5, 6, 5), (2, 3, 2), ((1, 0), (1, 1), (0, 2)), (2, 1, 2),
+                                               (1, 2, 1), groups=2),
+    "3d_depth_stride3_dil2_skips_phases": geometry(1, 3, 5, (9, 4, 3), (3, 2, 1), ((2, 1), (0, 1), (0, 0)), (3, 1, 1),
+                                                   (2, 1, 1)),
+}
+
+
+@pytest.mark.parametrize("name", list(GEOMETRIES_3D))
+def test_3d_forward_and_grad_input(name):
+    check_passes(GEOMETRIES_3D[name], key=name, passes="fg")
+
+
+def test_3d_bfloat16_and_channels_last_3d():
+    g = GEOMETRIES_3D["3d_stride_dil_asym_pad_groups2"]
+    check_passes(g, torch.bfloat16, key="3d-bf16", passes="fg")
+    check_passes(g, key="3d-cl", passes="fg", layout=lambda t: t.contiguous(memory_format=torch.channels_last_3d))
+
+
+@pytest.mark.parametrize("pack,flat", [(2, None), (4, None), (4, True)])
+def test_packed_groups(pack, flat):
+    """GP groups per program, block-diagonal weight tiles: 8 groups of 4 channels -> 6 filters each,
+    strided so the grad-input phases and the packing meet; float32 and (once) bfloat16."""
+    g = geometry(2, 32, 48, (6, 7), (3, 3), ((1, 1), (1, 0)), (2, 1), (1, 2), groups=8)
+    check_passes(g, key=f"pack{pack}", passes="fg", pack=pack, flat=flat)
+    if pack == 4 and flat is None:
+        check_passes(g, torch.bfloat16, key="pack-bf16", passes="fg", pack=pack)
+
+
+def test_packed_groups_3d():
+    g = geometry(1, 16, 16, (4, 5, 4), (3, 1, 3), ((1, 1), (0, 0), (1, 1)), (1, 2, 1), (1, 1, 1), groups=4)
+    check_passes(g, key="pack3d", passes="fg", pack=4)
+
+
+def test_group_pack_policy():
+    assert common.group_pack(32, 8, 8) == 4      # ResNeXt's groups of 8: 32 channels a program
+    assert common.group_pack(32, 4, 4) == 8
+    assert common.group_pack(32, 4, 16) == 2     # the wider side decides
+    assert common.group_pack(6, 4, 4) == 2       # a power of two that divides the groups
+    assert common.group_pack(32, 32, 32) == 1 and common.group_pack(1, 3, 96) == 1
+
+
+@pytest.mark.parametrize("channels", [1, 2, 4])
+def test_grad_input_few_channels_tall_kernel(channels):
+    """1-4 input channels under a kernel as tall as the image (output height 1): each tile runs
+    only its own tap rows (tap_window), the rest of the kernel must still be accounted for."""
+    g = geometry(2, channels, 6, (20, 9), (20, 3), ((0, 0), (1, 1)))
+    assert kgi.use_row_columns(g)
+    check_passes(g, key=f"tall{channels}", passes="g")  # kernel rows as GEMM columns
+    check_passes(g, key=f"tall{channels}-general", passes="g", rows=False)  # per-tile tap windows
+
+
+def test_grad_input_row_columns_strides_and_dilation():
+    """The row-column kernel with every feature: strides, dilation, asymmetric padding, bfloat16."""
+    g = geometry(2, 2, 5, (13, 12), (3, 4), ((2, 1), (0, 3)), (2, 3), (2, 2))
+    check_passes(g, key="rows-strided", passes="g", rows=True)
+    g = geometry(2, 4, 7, (40, 11), (5, 3), ((0, 3), (1, 1)), (3, 1), (3, 1))
+    check_passes(g, torch.bfloat16, key="rows-bf16", passes="g", rows=True)
+
+
+def test_grad_input_large_stride_first_layer():
+    """An 11x11 stride-4 RGB layer in miniature: 16 phases of 3x3 taps, tiles at the image edges."""
+    g = geometry(1, 3, 5, (19, 17), (11, 11), ((2, 2), (2, 2)), (4, 4))
+    check_passes(g, key="stride4", passes="g")
+    check_passes(g, torch.bfloat16, key="stride4-bf16", passes="g", rows=False)
+
+
 # ---- through corrmm's public functions (algorithm object, 1-D lifting, memory format) -----------
 
 def test_public_functions_1d_and_2d():
@@ -304,12 +378,25 @@ def test_public_functions_1d_and_2d():
     assert rel_err(y2, corrmm.corr2d(x2, w2, border_mode="half", subsample=2, algo="im2col")) <= 1e-5
 
 
+def test_public_functions_3d():
+    gen = seeded_generator("implicit-public-3d")
+    x = torch.randn(2, 4, 5, 6, 7, generator=gen, dtype=torch.float64).to(DEVICE)
+    w = torch.randn(6, 2, 3, 2, 3, generator=gen, dtype=torch.float64).to(DEVICE)
+    kw = dict(border_mode=((1, 1), (0, 1), 2), subsample=(2, 1, 2), filter_dilation=(1, 2, 1), num_groups=2)
+    y = corrmm.corr3d(x, w, algo="implicit", **kw)
+    assert rel_err(y, corrmm.corr3d(x, w, algo="im2col", **kw)) <= 1e-12
+    dy = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(DEVICE)
+    assert rel_err(corrmm.corr3d_grad_input(w, dy, (5, 6, 7), algo="implicit", **kw),
+                   corrmm.corr3d_grad_input(w, dy, (5, 6, 7), algo="im2col", **kw)) <= 1e-12
+
+
 def test_not_supported_reasons(monkeypatch):
     algo = implicit.ALGORITHM
     g2 = GEOMETRIES["3x3_pad1"]
     assert algo.not_supported_reasons(g2, "forward", DEVICE, torch.float32) == []
     g3 = ConvGeometry(1, 2, 2, (4, 4, 4), (3, 3, 3), ((0, 0),) * 3, (1, 1, 1), (1, 1, 1)).validate()
-    assert any("3-D" in r for r in algo.not_supported_reasons(g3, "forward", DEVICE, torch.float32))
+    assert algo.not_supported_reasons(g3, "forward", DEVICE, torch.float32) == []
+    assert algo.not_supported_reasons(g3, "grad_input", DEVICE, torch.float32) == []
     monkeypatch.setattr(implicit, "_interpreting", lambda: False)
     cpu_reasons = algo.not_supported_reasons(g2, "grad_input", torch.device("cpu"), torch.float32)
     assert any("TRITON_INTERPRET" in r for r in cpu_reasons)

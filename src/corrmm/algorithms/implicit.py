@@ -6,8 +6,8 @@ The three passes are the GEMMs of :mod:`corrmm.kernels` (CUTLASS's views)::
     grad_input   M = N·H·W   N = C       K = K·R·S   split into stride_h·stride_w phases, no zero insertion
     grad_weight  M = K       N = C·R·S   K = N·P·Q   split-K, partials summed in a fixed order
 
-The kernels are 2-D; a 1-D problem runs as a 2-D one with H = 1 (a view, no
-copy). The weight-gradient kernel is also 3-D; other 3-D passes are not served. Every dtype is: float16/bfloat16/float32
+The kernels are 3-D, compiled without the depth arithmetic for 2-D problems;
+a 1-D problem runs as a 2-D one with H = 1 (a view, no copy). Every dtype is: float16/bfloat16/float32
 accumulate in fp32 and float64 in fp64 (``tl.dot`` on float64 operands), and
 float32 uses TF32 exactly when ``torch.backends.cudnn.allow_tf32`` is set.
 
@@ -19,6 +19,7 @@ under the interpreter, which is how CI tests them.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import sys
 from typing import List
@@ -46,8 +47,9 @@ def _interpreting() -> bool:
 
 
 def as_2d(g: ConvGeometry) -> ConvGeometry:
-    """A 1-D geometry as 2-D with a unit leading dimension (H = R = 1, no pad, stride and dilation 1)."""
-    if g.ndim == 2:
+    """A 1-D geometry as 2-D with a unit leading dimension (H = R = 1, no pad, stride and dilation 1);
+    2-D and 3-D geometries unchanged."""
+    if g.ndim != 1:
         return g
     return ConvGeometry(g.batch, g.in_channels, g.out_channels, (1, *g.in_size), (1, *g.kernel),
                         ((0, 0), *g.padding), (1, *g.stride), (1, *g.dilation), g.groups)
@@ -76,11 +78,9 @@ class Implicit(Algorithm):
             reasons.append("implicit runs on the CPU only under the Triton interpreter (TRITON_INTERPRET=1)")
         elif device.type not in ("cpu", "cuda"):
             reasons.append(f"implicit runs on CUDA devices, not {device.type}")
-        if geometry.ndim == 3 and pass_name != "grad_weight":
-            reasons.append("implicit has a 3-D weight-gradient kernel, but 1-D and 2-D kernels only for other passes")
         grid_y = geometry.groups
         if pass_name == "grad_input":
-            grid_y *= geometry.stride[0] * (geometry.stride[1] if geometry.ndim > 1 else 1)
+            grid_y *= math.prod(geometry.stride)
         if grid_y > _GRID_Y_LIMIT:
             reasons.append(f"implicit launches groups x stride phases = {grid_y} programs along the grid's "
                            f"second axis, above CUDA's limit of {_GRID_Y_LIMIT}")

@@ -105,6 +105,7 @@ def span(t: torch.Tensor, padding: Sequence[int] = (0, 0, 0, 0)) -> int:
     ``padding`` gives the extra positions (low + high) that the kernels may
     compute per dimension before masking them.
     """
+    padding = tuple(padding) + (0,) * (t.dim() - len(padding))  # 5-D tensors: no padding in the unnamed dims
     return sum((size + pad) * abs(stride) for size, pad, stride in zip(t.shape, padding, t.stride()))
 
 
@@ -151,6 +152,48 @@ DIRECT_TILES = [
     (64, 128, 64, 4, 3),
     (64, 256, 64, 8, 3),
 ]
+
+
+#: narrow tiles for packed groups (common.group_pack: 16 to 32 columns, K steps of 16 to 32 channels);
+#: common.prune_configs keeps them only where the GEMM's N is at most 32, so dense layers never see them
+NARROW_TILES = [
+    (128, 32, 32, 4, 4),
+    (64, 32, 32, 4, 4),
+    (128, 16, 16, 4, 4),
+    (256, 32, 32, 8, 4),
+    (64, 32, 32, 2, 4),
+    (128, 32, 32, 4, 2),
+]
+
+#: the channel (and filter) width a program of packed groups aims for: wide enough for 64-byte reads
+#: of bf16 and a 32-column tile, narrow enough that the block-diagonal products (GP times the useful
+#: ones) stay cheaper than the memory traffic they replace
+GROUP_PACK_WIDTH = 32
+
+
+def group_pack(groups: int, channels_per_group: int, filters_per_group: int, width: int = GROUP_PACK_WIDTH) -> int:
+    """How many consecutive groups one program of the forward and input-gradient kernels takes (GP).
+
+    1 unless groups are narrow: then the largest power of two GP dividing ``groups`` with
+    GP·max(Cg, Kg) <= ``width`` (e.g. 4 for ResNeXt's 32 groups of 8 channels, 8 for groups of 4).
+    """
+    widest = max(channels_per_group, filters_per_group)
+    pack = 1
+    while groups % (pack * 2) == 0 and widest * pack * 2 <= width:
+        pack *= 2
+    return pack
+
+
+def as_3d(values: Sequence[int], fill: int = 1) -> tuple:
+    """A 2-D size, stride, dilation or padding as 3-D with a leading unit (or ``fill``) depth entry."""
+    values = tuple(values)
+    return values if len(values) == 3 else (fill,) * (3 - len(values)) + values
+
+
+def strides_3d(t: torch.Tensor) -> tuple:
+    """The strides of a 4-D (N, C, H, W) or 5-D (N, C, D, H, W) tensor as 5 values (depth stride 0 for 4-D)."""
+    st = t.stride()
+    return st if t.dim() == 5 else (st[0], st[1], 0, st[2], st[3])
 
 
 def make_configs(shapes: Sequence[tuple]) -> List[triton.Config]:

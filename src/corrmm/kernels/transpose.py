@@ -103,3 +103,12 @@ def as_nhwc(t: torch.Tensor) -> torch.Tensor:
     if t.is_contiguous() and supported(t):  # the tiled transpose: torch's strided copy is ~3x slower
         return nchw_to_nhwc(t)
     return t.contiguous(memory_format=torch.channels_last)
+
+
+def as_channels_last(t: torch.Tensor) -> torch.Tensor:
+    """:func:`as_nhwc` for 4-D operands, and NDHWC (``channels_last_3d``) for 5-D ones."""
+    if t.dim() != 5:
+        return as_nhwc(t)
+    if common.INTERPRET or t.is_contiguous(memory_format=torch.channels_last_3d):
+        return t
+    return t.contiguous(memory_format=torch.channels_last_3d)
