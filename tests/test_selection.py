@@ -111,8 +111,8 @@ def test_cpu_rule_for_depthwise_layers(pass_name):
 @pytest.mark.parametrize("pass_name", ["forward", "grad_input", "grad_weight"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_cpu_rule_picks_a_supported_algorithm(name, pass_name, dtype):
-    x, w, pad, stride = {**LAYERS, **CPU_LAYERS}[name]
-    g = make_geometry(x, w, border_mode=pad, subsample=stride)
+    x, w, pad, stride, *groups = {**LAYERS, **CPU_LAYERS}[name]
+    g = make_geometry(x, w, border_mode=pad, subsample=stride, num_groups=groups[0] if groups else 1)
     choice = auto_choice(pass_name, g, CPU, dtype)
     assert not REGISTRY[choice].not_supported_reasons(g, pass_name, CPU, dtype)
 
