@@ -40,6 +40,11 @@ convnet suite; PERFORMANCE.md has the table):
   or a large kernel (L1, S2);
 * the weight gradient in 32/64-bit floats: im2col (cuBLAS) otherwise, 1.2x-3x
   the implicit kernel on L5, S1, R1, R4, R5 in TF32.
+
+**Depthwise layers** (groups = channels > 1), on the CPU and CUDA alike: the
+``depthwise`` algorithm, before either rule above (a direct kernel with R·S
+multiply-adds per element; the GEMM algorithms' reductions would have length
+R·S; PERFORMANCE.md, "depthwise").
 """
 from __future__ import annotations
 
@@ -102,8 +107,17 @@ def _cuda_rule(pass_name: str, g: ConvGeometry, dtype: torch.dtype) -> str:
     raise ValueError(f"unknown pass {pass_name!r}")
 
 
+def is_depthwise(g: ConvGeometry) -> bool:
+    """One input channel per group, and more than one channel (one channel and one group is a dense layer)."""
+    return g.groups == g.in_channels > 1
+
+
 def auto_choice(pass_name: str, geometry: ConvGeometry, device: torch.device, dtype: torch.dtype) -> str:
     """The algorithm ``auto`` runs for this pass (a registered name)."""
+    # ---- depthwise layers: the direct kernel, on every device that serves it
+    if is_depthwise(geometry) and "depthwise" in algorithms.REGISTRY and not algorithms.REGISTRY[
+            "depthwise"].not_supported_reasons(geometry, pass_name, torch.device(device), dtype):
+        return "depthwise"
     if torch.device(device).type == "cuda":
         choice = _cuda_rule(pass_name, geometry, dtype)
         if choice in algorithms.REGISTRY and not algorithms.REGISTRY[choice].not_supported_reasons(

@@ -55,8 +55,8 @@ from . import common
 from .common import widen
 
 #: (BLOCK_PIX, BLOCK_C, num_warps) tried by the forward and grad-input kernels: 64 channels are a
-#: 128-byte row in 16-bit types; narrow channel tiles for few channels, tall pixel tiles for many pixels
-_TILES = [(64, 64, 4), (32, 64, 4), (128, 32, 4), (32, 128, 4), (128, 64, 8), (256, 16, 4)]
+#: 128-byte row in 16-bit types; a wide and a narrow channel tile; 16 channels for few-channel layers
+_TILES = [(64, 64, 4), (32, 128, 4), (128, 32, 4), (256, 16, 4)]
 #: grad-weight: pixels of one chunk, in tiles of _GW_BLOCK_PIX
 _GW_CHUNK_PIXELS = 2048
 _GW_BLOCK_PIX = 64
@@ -73,9 +73,10 @@ def _configs():
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop channel tiles more than twice the channel count (mostly masked lanes)."""
+    """Drop channel tiles wider than the channel count's power of two (mostly masked lanes), and the
+    16-channel tile where channels are many (it only pays where wider tiles would be masked)."""
     channels = named_args["C_BUCKET"]
-    kept = [c for c in configs if c.kwargs["BLOCK_C"] <= max(channels, 16)]
+    kept = [c for c in configs if c.kwargs["BLOCK_C"] <= max(channels, 16) and (c.kwargs["BLOCK_C"] > 16 or channels <= 32)]
     return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_C"])]
 
 
