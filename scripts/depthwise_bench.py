@@ -10,7 +10,7 @@ measures), both on the same channels_last tensors in one run; the achieved
 bandwidth over the minimum traffic (each operand read once, the result written
 once); the relative error of both against a float64 reference; and whether two
 weight-gradient runs agree bit for bit. The copy ceiling (a device-to-device
-copy, bytes read plus written) is measured first. Writes depthwise_bench.json.
+copy, bytes read plus written) is measured first. Writes depthwise_bench_<dtypes>.json.
 """
 from __future__ import annotations
 
@@ -118,7 +118,8 @@ def main():
     for dtype_name in args.dtypes.split(","):
         for name in args.layers.split(","):
             rows += run_layer(name, dtype_name)
-    with open(os.path.join(args.out, "depthwise_bench.json"), "w") as f:
+    tag = args.dtypes.replace(",", "_")
+    with open(os.path.join(args.out, f"depthwise_bench_{tag}.json"), "w") as f:
         json.dump(dict(copy_gbs=gbs, rows=rows), f, indent=1)
 
 

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .. import config
 from ..geometry import ConvGeometry
 from . import common
 from .common import widen
@@ -57,9 +58,13 @@ from .common import widen
 #: (BLOCK_PIX, BLOCK_C, num_warps) tried by the forward and grad-input kernels: 64 channels are a
 #: 128-byte row in 16-bit types; a wide and a narrow channel tile; 16 channels for few-channel layers
 _TILES = [(64, 64, 4), (32, 128, 4), (128, 32, 4), (256, 16, 4)]
-#: grad-weight: pixels of one chunk, in tiles of _GW_BLOCK_PIX
-_GW_CHUNK_PIXELS = 2048
-_GW_BLOCK_PIX = 64
+#: grad-weight: pixel tile and warps (one config; the channel tile follows the channel count)
+_GW_BLOCK_PIX, _GW_WARPS = 128, 8
+#: grad-weight: programs wanted per SM, and the most pixels one chunk reduces
+_GW_PROGRAMS_PER_SM = 4
+_GW_MAX_CHUNK_PIXELS = 4096
+#: the chunk-sum kernel's tile: (chunks, taps·filters) summed per step
+_SUM_BLOCK_CHUNKS, _SUM_BLOCK = 32, 128
 
 
 def _configs():
@@ -207,6 +212,24 @@ def depthwise_grad_input_kernel(
 
 # ---- grad_weight ------------------------------------------------------------------------
 
+def _grad_weight_configs():
+    if common.INTERPRET:
+        return [triton.Config({"BLOCK_PIX": 8, "BLOCK_C": 8})]
+    return [triton.Config({"BLOCK_PIX": _GW_BLOCK_PIX, "BLOCK_C": c}, num_warps=_GW_WARPS) for c in (16, 32, 64)]
+
+
+def _grad_weight_block_c(K: int) -> int:
+    """The weight gradient's channel tile: the channel count's power of two, between 16 and 64."""
+    return 8 if common.INTERPRET else min(64, max(16, common.bucket(K)))
+
+
+def _keep_channel_tile(configs, named_args, **kwargs):
+    """The one config whose channel tile the host chose (:func:`_grad_weight_block_c`): nothing to tune."""
+    return [c for c in configs if c.kwargs["BLOCK_C"] == named_args["C_TILE"]] or configs[:1]
+
+
+@triton.autotune(configs=_grad_weight_configs(), key=["C_TILE"],
+                 prune_configs_by={"early_config_prune": _keep_channel_tile})
 @triton.jit
 def depthwise_grad_weight_kernel(
     # pointers (partial: (chunks, R·S, K) in the accumulator's dtype)
@@ -218,6 +241,8 @@ def depthwise_grad_weight_kernel(
     # strides (elements)
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_dyn, stride_dyk, stride_dyp, stride_dyq,
+    # the channel tile the host chose (selects the config)
+    C_TILE,
     # meta-parameters
     R: tl.constexpr, S: tl.constexpr, WIDE_INDEX: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_PIX: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -256,6 +281,30 @@ def depthwise_grad_weight_kernel(
                               mask=m_valid[:, None] & k_valid[None, :], other=0.0)
                 acc += xv.to(ACC_DTYPE) * dyv.to(ACC_DTYPE)
             tl.store(partial_row + (r * S + s) * K, tl.sum(acc, axis=0), mask=k_valid)
+
+
+@triton.jit
+def depthwise_chunk_sum_kernel(
+    # pointers: partial (chunks, T, K) contiguous, dw (K, T) contiguous (T = R·S taps)
+    partial_ptr, dw_ptr,
+    # sizes
+    CHUNKS, T, K,
+    # meta-parameters
+    WIDE_INDEX: tl.constexpr, BLOCK_CHUNKS: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """dw[k, t] = Σ_chunk partial[chunk, t, k], chunks in a fixed order, cast to dw's dtype."""
+    offs = widen(tl.program_id(0), WIDE_INDEX) * BLOCK + tl.arange(0, BLOCK)  # t·K + k
+    valid = offs < T * K
+    offs_chunk = tl.arange(0, BLOCK_CHUNKS)
+    acc = tl.zeros((BLOCK,), dtype=partial_ptr.dtype.element_ty)
+    for c0 in range(0, CHUNKS, BLOCK_CHUNKS):
+        chunk = widen(c0 + offs_chunk, WIDE_INDEX)
+        tile = tl.load(partial_ptr + (chunk * T * K)[:, None] + offs[None, :],
+                       mask=(chunk < CHUNKS)[:, None] & valid[None, :], other=0.0)
+        acc += tl.sum(tile, axis=0)
+    t = offs // K
+    k = offs % K
+    tl.store(dw_ptr + k * T + t, acc.to(dw_ptr.dtype.element_ty), mask=valid)
 
 
 # ---- wrappers ---------------------------------------------------------------------------
@@ -332,20 +381,22 @@ def grad_weight_tiles(g: ConvGeometry, device: torch.device):
     """(BLOCK_PIX, BLOCK_C, chunk pixels, chunks) of the weight gradient.
 
     A chunk is the pixels one program reduces for every tap; its x and dy tiles
-    stay in cache across the R·S taps. Chunks shrink when there are too few
-    programs to fill the GPU (at least two per SM), never below one pixel tile.
+    stay in cache across the R·S taps. Chunks are cut small enough for about
+    four programs per SM, but no smaller than makes the partial sums (R·S·K
+    fp32 per chunk) a tenth of the operands' bytes, nor than one pixel tile.
     """
     K = g.out_channels
+    taps = g.kernel[0] * g.kernel[1]
     pixels = g.batch * g.out_size[0] * g.out_size[1]
+    block_c = _grad_weight_block_c(K)
     if common.INTERPRET:
-        block_pix, block_c, chunk = 8, 8, 16  # several chunks and channel tiles on the tests' small shapes
+        block_pix, chunk = 8, 16  # several chunks and channel tiles on the tests' small shapes
     else:
-        block_c = min(64, max(16, common.bucket(K)))
         block_pix = _GW_BLOCK_PIX
-        channel_tiles = common.cdiv(K, block_c)
-        wanted_chunks = common.cdiv(2 * common.sm_count(device), channel_tiles)
-        chunk = max(block_pix, min(_GW_CHUNK_PIXELS, common.cdiv(common.cdiv(pixels, wanted_chunks), block_pix)
-                                   * block_pix))
+        wanted_chunks = common.cdiv(_GW_PROGRAMS_PER_SM * common.sm_count(device), common.cdiv(K, block_c))
+        smallest = 20 * taps  # partial bytes 4·R·S·K per chunk <= 0.1 x (2 operands x 2 bytes x chunk·K)
+        chunk = min(_GW_MAX_CHUNK_PIXELS, max(common.cdiv(pixels, wanted_chunks), smallest))
+        chunk = common.cdiv(chunk, block_pix) * block_pix
     return block_pix, block_c, chunk, common.cdiv(pixels, chunk)
 
 
@@ -358,6 +409,9 @@ def grad_weight(x: torch.Tensor, dy: torch.Tensor, g: ConvGeometry) -> torch.Ten
     block_pix, block_c, chunk, chunks = grad_weight_tiles(g, x.device)
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     partial = torch.empty((chunks, R * S, K), dtype=acc_dtype, device=x.device)
+    dw = torch.empty((K, 1, R, S), dtype=x.dtype, device=x.device)
+    if config.poisoning():
+        dw.fill_(float("nan"))
     pads = [0, 0, sum(g.padding[0]) + R * g.dilation[0], sum(g.padding[1]) + S * g.dilation[1]]
     wide = (_wide((x, pads), (dy, [0, 0, 0, block_pix + chunk]), (partial, [0, 0, 0]))
             or common.needs_wide_index(chunks * chunk + block_pix))
@@ -365,15 +419,19 @@ def grad_weight(x: torch.Tensor, dy: torch.Tensor, g: ConvGeometry) -> torch.Ten
 
     def build():
         scalars = (g.batch, H, W, P, Q, K, M, chunk, g.stride[0], g.stride[1], g.dilation[0], g.dilation[1],
-                   g.pad_low[0], g.pad_low[1], *x.stride(), *dy.stride())
-        meta = dict(R=R, S=S, WIDE_INDEX=wide, ACC_DTYPE=common.accumulator_dtype(x.dtype), BLOCK_PIX=block_pix,
-                    BLOCK_C=block_c)
-        return common.KernelLaunch(depthwise_grad_weight_kernel, (common.cdiv(K, block_c), chunks), scalars, meta)
+                   g.pad_low[0], g.pad_low[1], *x.stride(), *dy.stride(), block_c)
+        meta = dict(R=R, S=S, WIDE_INDEX=wide, ACC_DTYPE=common.accumulator_dtype(x.dtype))
+        partials = common.KernelLaunch(depthwise_grad_weight_kernel, (common.cdiv(K, block_c), chunks), scalars, meta)
+        # the partials summed over chunks in a fixed order (no atomics): the same bits on every run
+        total = common.KernelLaunch(depthwise_chunk_sum_kernel, (common.cdiv(R * S * K, _SUM_BLOCK),),
+                                    (chunks, R * S, K),
+                                    dict(WIDE_INDEX=wide, BLOCK_CHUNKS=_SUM_BLOCK_CHUNKS, BLOCK=_SUM_BLOCK))
+        return partials, total
 
-    common.planned(key, build)(x, dy, partial)
-    # the partials summed over chunks by one reduction of fixed order (no atomics): the same bits every run
-    dw = partial.sum(dim=0) if chunks > 1 else partial[0]
-    return dw.t().reshape(K, 1, R, S).to(x.dtype)
+    partials, total = common.planned(key, build)
+    partials(x, dy, partial)
+    total(partial, dw)
+    return dw
 
 
 # ---- references (pure torch, float64) -----------------------------------------------------
