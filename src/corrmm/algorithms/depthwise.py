@@ -89,9 +89,9 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _zeros(like: torch.Tensor, shape, dtype: torch.dtype) -> torch.Tensor:
-    out = torch.empty(shape, dtype=dtype, device=like.device, memory_format=memory_format_of(like))
-    return out.zero_()
+def _empty(like: torch.Tensor, shape, dtype: torch.dtype) -> torch.Tensor:
+    """A buffer in ``like``'s memory format, so the ops below walk both in the same order."""
+    return torch.empty(shape, dtype=dtype, device=like.device, memory_format=memory_format_of(like))
 
 
 def _tap_weights(w: torch.Tensor, g: ConvGeometry, dtype: torch.dtype) -> torch.Tensor:
@@ -101,30 +101,47 @@ def _tap_weights(w: torch.Tensor, g: ConvGeometry, dtype: torch.dtype) -> torch.
     return taps.reshape(*taps.shape, *(1,) * g.ndim).contiguous()
 
 
+def _covers(slices, sizes) -> bool:
+    return all(s.start == 0 and s.stop == n and s.step in (None, 1) for s, n in zip(slices, sizes))
+
+
+_ALL = (slice(None), slice(None))  # batch and channels
+
+
 def torch_forward(x: torch.Tensor, w: torch.Tensor, g: ConvGeometry) -> torch.Tensor:
-    C, M = g.in_channels, g.filters_per_group
+    M = g.filters_per_group
     dtype = _compute_dtype(x.dtype)
     x = x.to(dtype)
-    y = _zeros(x, g.output_shape, dtype)
-    y_split = y.unflatten(1, (C, M))  # (N, C, M, *out), a view
+    y = _empty(x, g.output_shape, dtype)
     weights = _tap_weights(w, g, dtype)
-    for t, (out_slices, in_slices) in _taps(g):
-        source = x[(slice(None), slice(None), *in_slices)].unsqueeze(2)
-        y_split[(slice(None), slice(None), slice(None), *out_slices)].addcmul_(source, weights[t])
+    taps = _taps(g)
+    # a tap that reads the image at every output position (the centre one, usually) writes first
+    full = [i for i, (_, (out_slices, _)) in enumerate(taps) if _covers(out_slices, g.out_size)]
+    if full:
+        taps = (taps[full[0]],) + taps[:full[0]] + taps[full[0] + 1:]
+    else:
+        y.zero_()
+    for m in range(M):
+        y_m = y[:, m::M]  # filters c·M + m, one per channel: (N, C, *out)
+        for i, (t, (out_slices, in_slices)) in enumerate(taps):
+            source = x[(*_ALL, *in_slices)]
+            if i == 0 and full:
+                torch.mul(source, weights[t, :, m], out=y_m)
+            else:
+                y_m[(*_ALL, *out_slices)].addcmul_(source, weights[t, :, m])
     return y
 
 
 def torch_grad_input(w: torch.Tensor, dy: torch.Tensor, g: ConvGeometry) -> torch.Tensor:
-    C, M = g.in_channels, g.filters_per_group
+    M = g.filters_per_group
     dtype = _compute_dtype(dy.dtype)
     dy = dy.to(dtype)
-    dx = _zeros(dy, g.input_shape, dtype)
-    dy_split = dy.unflatten(1, (C, M))
+    dx = _empty(dy, g.input_shape, dtype).zero_()
     weights = _tap_weights(w, g, dtype)
     for t, (out_slices, in_slices) in _taps(g):
-        target = dx[(slice(None), slice(None), *in_slices)]
+        target = dx[(*_ALL, *in_slices)]
         for m in range(M):
-            target.addcmul_(dy_split[(slice(None), slice(None), m, *out_slices)], weights[t, :, m])
+            target.addcmul_(dy[:, m::M][(*_ALL, *out_slices)], weights[t, :, m])
     return dx
 
 
@@ -132,19 +149,16 @@ def torch_grad_weight(x: torch.Tensor, dy: torch.Tensor, g: ConvGeometry) -> tor
     C, M = g.in_channels, g.filters_per_group
     dtype = _compute_dtype(x.dtype)
     x, dy = x.to(dtype), dy.to(dtype)
-    dy_split = dy.unflatten(1, (C, M))
-    taps = g.weight_shape[2:]
-    dw = torch.zeros((C, M, *taps), dtype=dtype, device=x.device)
+    dw = torch.empty((C, M, *g.kernel), dtype=dtype, device=x.device)
     dw_taps = dw.view(C, M, -1)
-    reduced = (0, *range(3, 3 + g.ndim))  # batch and pixels
-    product = None
+    dw_taps.zero_()  # taps that read only padding stay zero
+    reduced = (0, *range(2, 2 + g.ndim))  # batch and pixels
     for t, (out_slices, in_slices) in _taps(g):
-        source = x[(slice(None), slice(None), *in_slices)].unsqueeze(2)
-        grad = dy_split[(slice(None), slice(None), slice(None), *out_slices)]
-        if product is None or product.shape != grad.shape:
-            product = torch.empty_like(grad)
-        torch.mul(source, grad, out=product)
-        dw_taps[:, :, t] = product.sum(dim=reduced)
+        source = x[(*_ALL, *in_slices)]
+        product = _empty(x, source.shape, dtype)
+        for m in range(M):
+            torch.mul(source, dy[:, m::M][(*_ALL, *out_slices)], out=product)
+            torch.sum(product, dim=reduced, out=dw_taps[:, m, t])
     return dw.view(g.weight_shape)
 
 
