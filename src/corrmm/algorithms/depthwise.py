@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import itertools
+import math
 from typing import List, Tuple
 
 import torch
@@ -101,6 +102,15 @@ def _tap_weights(w: torch.Tensor, g: ConvGeometry, dtype: torch.dtype) -> torch.
     return taps.reshape(*taps.shape, *(1,) * g.ndim).contiguous()
 
 
+def _dense(storage: torch.Tensor, shape, channels_last: bool) -> torch.Tensor:
+    """A dense (N, C, *spatial) view of the start of ``storage``, channels innermost if ``channels_last``."""
+    count = math.prod(shape)
+    if not channels_last:
+        return storage[:count].view(shape)
+    n, c, *spatial = shape
+    return storage[:count].view(n, *spatial, c).permute(0, len(shape) - 1, *range(1, len(shape) - 1))
+
+
 def _covers(slices, sizes) -> bool:
     return all(s.start == 0 and s.stop == n and s.step in (None, 1) for s, n in zip(slices, sizes))
 
@@ -153,9 +163,13 @@ def torch_grad_weight(x: torch.Tensor, dy: torch.Tensor, g: ConvGeometry) -> tor
     dw_taps = dw.view(C, M, -1)
     dw_taps.zero_()  # taps that read only padding stay zero
     reduced = (0, *range(2, 2 + g.ndim))  # batch and pixels
+    # one storage for every tap's product (a fresh buffer per tap would cost page faults each
+    # time), viewed densely at each tap's shape: torch reduces a sliced channels_last view ~25x slower
+    storage = torch.empty(g.batch * C * math.prod(g.out_size), dtype=dtype, device=x.device)
+    channels_last = memory_format_of(x) != torch.contiguous_format
     for t, (out_slices, in_slices) in _taps(g):
         source = x[(*_ALL, *in_slices)]
-        product = _empty(x, source.shape, dtype)
+        product = _dense(storage, source.shape, channels_last)
         for m in range(M):
             torch.mul(source, dy[:, m::M][(*_ALL, *out_slices)], out=product)
             torch.sum(product, dim=reduced, out=dw_taps[:, m, t])
