@@ -55,13 +55,15 @@ from ..geometry import ConvGeometry
 from . import common
 from .common import widen
 
-#: (BLOCK_PIX, BLOCK_C, num_warps) tried by the forward and grad-input kernels: 64 channels are a
-#: 128-byte row in 16-bit types; a wide and a narrow channel tile; 16 channels for few-channel layers
-_TILES = [(64, 64, 4), (32, 128, 4), (128, 32, 4), (256, 16, 4)]
+#: (BLOCK_PIX, BLOCK_C, num_warps) tried by the forward and grad-input kernels: 16 elements per
+#: thread (about 95 registers on sm_90: 32 elements need 125-160, and the kernels want many warps
+#: per SM more than large tiles); 64 channels are a 128-byte row in 16-bit types; 16 channels only
+#: for few-channel layers
+_TILES = [(32, 64, 4), (64, 64, 8), (16, 128, 4), (64, 32, 4), (128, 16, 4)]
 #: grad-weight: pixel tile and warps (one config; the channel tile follows the channel count)
-_GW_BLOCK_PIX, _GW_WARPS = 128, 8
+_GW_BLOCK_PIX, _GW_WARPS = 64, 4
 #: grad-weight: programs wanted per SM, and the most pixels one chunk reduces
-_GW_PROGRAMS_PER_SM = 4
+_GW_PROGRAMS_PER_SM = 8
 _GW_MAX_CHUNK_PIXELS = 4096
 #: the chunk-sum kernel's tile: (chunks, taps·filters) summed per step
 _SUM_BLOCK_CHUNKS, _SUM_BLOCK = 32, 128
@@ -87,7 +89,7 @@ def _prune(configs, named_args, **kwargs):
 
 # ---- forward ----------------------------------------------------------------------------
 
-@triton.autotune(configs=_configs(), key=["PIX_BUCKET", "C_BUCKET", "R", "S", "MULTIPLIER_ONE"],
+@triton.autotune(configs=_configs(), key=["PIX_BUCKET", "C_BUCKET", "MULTIPLIER_ONE"],
                  prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def depthwise_forward_kernel(
@@ -101,10 +103,12 @@ def depthwise_forward_kernel(
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_wk, stride_wr, stride_ws,
     stride_yn, stride_yk, stride_yp, stride_yq,
+    # kernel extent
+    R, S,
     # autotuning keys only
     PIX_BUCKET, C_BUCKET, MULTIPLIER_ONE,
     # meta-parameters
-    R: tl.constexpr, S: tl.constexpr, WIDE_INDEX: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    WIDE_INDEX: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_PIX: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # ---- program id -> tile: channel tiles of one pixel tile run back to back
@@ -130,14 +134,17 @@ def depthwise_forward_kernel(
     w_taps = w_ptr + widen(offs_k, WIDE_INDEX) * stride_wk
 
     acc = tl.zeros((BLOCK_PIX, BLOCK_C), dtype=ACC_DTYPE)
-    for r in tl.static_range(R):
+    # run-time tap loops: unrolled, the compiler hoists every tap's loads and runs out of
+    # registers (186 at 3x3, spills at 7x7); one tap in flight per warp and many warps per SM
+    # hide the latency instead
+    for r in range(R):
         h = h_top + r * dilation_h
         row_valid = m_valid & (h >= 0) & (h < H)
-        for s in tl.static_range(S):
+        x_row = x_rows + widen(r * dilation_h, WIDE_INDEX) * stride_xh
+        for s in range(S):
             w_ = w_left + s * dilation_w
             valid = row_valid & (w_ >= 0) & (w_ < W)
-            tap = widen(r * dilation_h, WIDE_INDEX) * stride_xh + widen(s * dilation_w, WIDE_INDEX) * stride_xw
-            xv = tl.load(x_ptr + (x_rows + tap)[:, None] + x_cols[None, :],
+            xv = tl.load(x_ptr + (x_row + widen(s * dilation_w, WIDE_INDEX) * stride_xw)[:, None] + x_cols[None, :],
                          mask=valid[:, None] & k_valid[None, :], other=0.0)
             wv = tl.load(w_taps + r * stride_wr + s * stride_ws, mask=k_valid, other=0.0)
             acc += xv.to(ACC_DTYPE) * wv.to(ACC_DTYPE)[None, :]
@@ -150,7 +157,7 @@ def depthwise_forward_kernel(
 
 # ---- grad_input -------------------------------------------------------------------------
 
-@triton.autotune(configs=_configs(), key=["PIX_BUCKET", "C_BUCKET", "R", "S", "MULTIPLIER_ONE", "STRIDE_BUCKET"],
+@triton.autotune(configs=_configs(), key=["PIX_BUCKET", "C_BUCKET", "MULTIPLIER_ONE", "STRIDE_BUCKET"],
                  prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def depthwise_grad_input_kernel(
@@ -164,10 +171,12 @@ def depthwise_grad_input_kernel(
     stride_wk, stride_wr, stride_ws,
     stride_dyn, stride_dyk, stride_dyp, stride_dyq,
     stride_dxn, stride_dxc, stride_dxh, stride_dxw,
+    # kernel extent
+    R, S,
     # autotuning keys only
     PIX_BUCKET, C_BUCKET, MULTIPLIER_ONE, STRIDE_BUCKET,
     # meta-parameters
-    R: tl.constexpr, S: tl.constexpr, WIDE_INDEX: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    WIDE_INDEX: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_PIX: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid_pix = tl.program_id(0)
@@ -191,11 +200,11 @@ def depthwise_grad_input_kernel(
         k = widen(offs_c * M + m, WIDE_INDEX)
         dy_cols = k * stride_dyk
         w_taps = w_ptr + k * stride_wk
-        for r in tl.static_range(R):
+        for r in range(R):  # run-time loops, as in the forward kernel
             th = h + pad_h - r * dilation_h
             p = th // conv_stride_h
             row_valid = m_valid & (th >= 0) & (p * conv_stride_h == th) & (p < P)
-            for s in tl.static_range(S):
+            for s in range(S):
                 tw = w_ + pad_w - s * dilation_w
                 q = tw // conv_stride_w
                 valid = row_valid & (tw >= 0) & (q * conv_stride_w == tw) & (q < Q)
@@ -241,10 +250,12 @@ def depthwise_grad_weight_kernel(
     # strides (elements)
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_dyn, stride_dyk, stride_dyp, stride_dyq,
+    # kernel extent
+    R, S,
     # the channel tile the host chose (selects the config)
     C_TILE,
     # meta-parameters
-    R: tl.constexpr, S: tl.constexpr, WIDE_INDEX: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    WIDE_INDEX: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_PIX: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid_c = tl.program_id(0)
@@ -342,9 +353,9 @@ def _forward_launch(x, w, y, g: ConvGeometry, M: int) -> common.KernelLaunch:
         return (common.cdiv(pixels, meta["BLOCK_PIX"]), common.cdiv(K, meta["BLOCK_C"]))
 
     scalars = (g.batch, H, W, P, Q, K, M, g.stride[0], g.stride[1], g.dilation[0], g.dilation[1],
-               g.pad_low[0], g.pad_low[1], *x.stride(), w.stride(0), w.stride(2), w.stride(3), *y.stride(),
+               g.pad_low[0], g.pad_low[1], *x.stride(), w.stride(0), w.stride(2), w.stride(3), *y.stride(), R, S,
                common.bucket(pixels), common.bucket(K), int(M == 1))
-    meta = dict(R=R, S=S, WIDE_INDEX=wide, ACC_DTYPE=common.accumulator_dtype(x.dtype))
+    meta = dict(WIDE_INDEX=wide, ACC_DTYPE=common.accumulator_dtype(x.dtype))
     return common.KernelLaunch(depthwise_forward_kernel, grid, scalars, meta)
 
 
@@ -371,9 +382,9 @@ def _grad_input_launch(w, dy, dx, g: ConvGeometry, M: int) -> common.KernelLaunc
         return (common.cdiv(pixels, meta["BLOCK_PIX"]), common.cdiv(C, meta["BLOCK_C"]))
 
     scalars = (g.batch, H, W, P, Q, C, M, g.stride[0], g.stride[1], g.dilation[0], g.dilation[1],
-               g.pad_low[0], g.pad_low[1], w.stride(0), w.stride(2), w.stride(3), *dy.stride(), *dx.stride(),
+               g.pad_low[0], g.pad_low[1], w.stride(0), w.stride(2), w.stride(3), *dy.stride(), *dx.stride(), R, S,
                common.bucket(pixels), common.bucket(C), int(M == 1), common.bucket(g.stride[0] * g.stride[1]))
-    meta = dict(R=R, S=S, WIDE_INDEX=wide, ACC_DTYPE=common.accumulator_dtype(dy.dtype))
+    meta = dict(WIDE_INDEX=wide, ACC_DTYPE=common.accumulator_dtype(dy.dtype))
     return common.KernelLaunch(depthwise_grad_input_kernel, grid, scalars, meta)
 
 
@@ -382,7 +393,7 @@ def grad_weight_tiles(g: ConvGeometry, device: torch.device):
 
     A chunk is the pixels one program reduces for every tap; its x and dy tiles
     stay in cache across the R·S taps. Chunks are cut small enough for about
-    four programs per SM, but no smaller than makes the partial sums (R·S·K
+    eight programs per SM, but no smaller than makes the partial sums (R·S·K
     fp32 per chunk) a tenth of the operands' bytes, nor than one pixel tile.
     """
     K = g.out_channels
@@ -419,8 +430,8 @@ def grad_weight(x: torch.Tensor, dy: torch.Tensor, g: ConvGeometry) -> torch.Ten
 
     def build():
         scalars = (g.batch, H, W, P, Q, K, M, chunk, g.stride[0], g.stride[1], g.dilation[0], g.dilation[1],
-                   g.pad_low[0], g.pad_low[1], *x.stride(), *dy.stride(), block_c)
-        meta = dict(R=R, S=S, WIDE_INDEX=wide, ACC_DTYPE=common.accumulator_dtype(x.dtype))
+                   g.pad_low[0], g.pad_low[1], *x.stride(), *dy.stride(), R, S, block_c)
+        meta = dict(WIDE_INDEX=wide, ACC_DTYPE=common.accumulator_dtype(x.dtype))
         partials = common.KernelLaunch(depthwise_grad_weight_kernel, (common.cdiv(K, block_c), chunks), scalars, meta)
         # the partials summed over chunks in a fixed order (no atomics): the same bits on every run
         total = common.KernelLaunch(depthwise_chunk_sum_kernel, (common.cdiv(R * S * K, _SUM_BLOCK),),
