@@ -60,10 +60,12 @@ from .common import widen
 #: per SM more than large tiles); 64 channels are a 128-byte row in 16-bit types; 16 channels only
 #: for few-channel layers
 _TILES = [(32, 64, 4), (64, 64, 8), (16, 128, 4), (64, 32, 4), (128, 16, 4)]
-#: grad-weight: pixel tile and warps (one config; the channel tile follows the channel count)
-_GW_BLOCK_PIX, _GW_WARPS = 64, 4
+#: grad-weight: pixel tile and warps. One warp per program: the per-tap sum over the tile's pixels
+#: then stays inside the warp (register adds and shuffles, no shared memory or barrier), and many
+#: small programs per SM hide the loads' latency. (v1 used 8- and 4-warp tiles: 390 GB/s on D1.)
+_GW_BLOCK_PIX, _GW_WARPS = 32, 1
 #: grad-weight: programs wanted per SM, and the most pixels one chunk reduces
-_GW_PROGRAMS_PER_SM = 8
+_GW_PROGRAMS_PER_SM = 16
 _GW_MAX_CHUNK_PIXELS = 4096
 #: the chunk-sum kernel's tile: (chunks, taps·filters) summed per step
 _SUM_BLOCK_CHUNKS, _SUM_BLOCK = 32, 128
@@ -224,12 +226,12 @@ def depthwise_grad_input_kernel(
 def _grad_weight_configs():
     if common.INTERPRET:
         return [triton.Config({"BLOCK_PIX": 8, "BLOCK_C": 8})]
-    return [triton.Config({"BLOCK_PIX": _GW_BLOCK_PIX, "BLOCK_C": c}, num_warps=_GW_WARPS) for c in (16, 32, 64)]
+    return [triton.Config({"BLOCK_PIX": _GW_BLOCK_PIX, "BLOCK_C": c}, num_warps=_GW_WARPS) for c in (16, 32)]
 
 
 def _grad_weight_block_c(K: int) -> int:
-    """The weight gradient's channel tile: the channel count's power of two, between 16 and 64."""
-    return 8 if common.INTERPRET else min(64, max(16, common.bucket(K)))
+    """The weight gradient's channel tile: 32 channels (16 for 16 or fewer), a 32x32 tile per warp."""
+    return 8 if common.INTERPRET else min(32, max(16, common.bucket(K)))
 
 
 def _keep_channel_tile(configs, named_args, **kwargs):
@@ -393,8 +395,9 @@ def grad_weight_tiles(g: ConvGeometry, device: torch.device):
 
     A chunk is the pixels one program reduces for every tap; its x and dy tiles
     stay in cache across the R·S taps. Chunks are cut small enough for about
-    eight programs per SM, but no smaller than makes the partial sums (R·S·K
-    fp32 per chunk) a tenth of the operands' bytes, nor than one pixel tile.
+    sixteen one-warp programs per SM, but no smaller than 4·R·S pixels (the
+    partial sums, R·S·K fp32 per chunk, then stay under about half the
+    operands' bytes in 16-bit types), nor than one pixel tile.
     """
     K = g.out_channels
     taps = g.kernel[0] * g.kernel[1]
@@ -405,8 +408,7 @@ def grad_weight_tiles(g: ConvGeometry, device: torch.device):
     else:
         block_pix = _GW_BLOCK_PIX
         wanted_chunks = common.cdiv(_GW_PROGRAMS_PER_SM * common.sm_count(device), common.cdiv(K, block_c))
-        smallest = 20 * taps  # partial bytes 4·R·S·K per chunk <= 0.1 x (2 operands x 2 bytes x chunk·K)
-        chunk = min(_GW_MAX_CHUNK_PIXELS, max(common.cdiv(pixels, wanted_chunks), smallest))
+        chunk = min(_GW_MAX_CHUNK_PIXELS, max(common.cdiv(pixels, wanted_chunks), 4 * taps))
         chunk = common.cdiv(chunk, block_pix) * block_pix
     return block_pix, block_c, chunk, common.cdiv(pixels, chunk)
 
