@@ -54,7 +54,7 @@ def rel_err(a, ref) -> float:
     return ((a - ref).norm() / ref.norm()).item()
 
 
-def run_layer(name, dtype_name):
+def run_layer(name, dtype_name, passes=("forward", "grad_input", "grad_weight")):
     n, c, size, k, stride, pad, layout = LAYERS[name]
     dtype = DTYPES[dtype_name]
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
@@ -86,7 +86,7 @@ def run_layer(name, dtype_name):
     traffic = {"forward": size_of(x) + size_of(w) + size_of(dy), "grad_input": size_of(dy) + size_of(w) + size_of(x),
                "grad_weight": size_of(x) + size_of(dy) + size_of(w)}
     rows = []
-    for pass_name in ("forward", "grad_input", "grad_weight"):
+    for pass_name in passes:
         ours_out, cudnn_out = ours[pass_name](), cudnn[pass_name]()
         row = dict(layer=name, dtype=dtype_name, layout=layout, pass_name=pass_name,
                    err_ours=rel_err(ours_out, refs[pass_name]), err_cudnn=rel_err(cudnn_out, refs[pass_name]))
@@ -110,6 +110,7 @@ def main():
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--dtypes", default="bf16,fp32")
     parser.add_argument("--layers", default=",".join(LAYERS))
+    parser.add_argument("--passes", default="forward,grad_input,grad_weight")
     args = parser.parse_args()
     gbs = copy_bandwidth()
     print(f"copy ceiling: {gbs:.0f} GB/s; {torch.cuda.get_device_name()}, torch {torch.__version__}, "
@@ -117,8 +118,8 @@ def main():
     rows = []
     for dtype_name in args.dtypes.split(","):
         for name in args.layers.split(","):
-            rows += run_layer(name, dtype_name)
-    tag = args.dtypes.replace(",", "_")
+            rows += run_layer(name, dtype_name, args.passes.split(","))
+    tag = args.dtypes.replace(",", "_") + ("" if args.passes.count(",") == 2 else "_" + args.passes.replace(",", "_"))
     with open(os.path.join(args.out, f"depthwise_bench_{tag}.json"), "w") as f:
         json.dump(dict(copy_gbs=gbs, rows=rows), f, indent=1)
 
