@@ -41,6 +41,19 @@ def bench(fn) -> float:
     return do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
+def host_us(fn, calls: int = 200) -> float:
+    """Host time per call (µs) of back-to-back calls: the launch rate when the GPU keeps up."""
+    import time
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return elapsed / calls * 1e6
+
+
 def copy_bandwidth() -> float:
     """GB/s of a 1 GiB device-to-device copy, bytes read plus bytes written."""
     src = torch.empty(2**28, dtype=torch.float32, device="cuda").normal_()
@@ -92,6 +105,7 @@ def run_layer(name, dtype_name, passes=("forward", "grad_input", "grad_weight"))
                    err_ours=rel_err(ours_out, refs[pass_name]), err_cudnn=rel_err(cudnn_out, refs[pass_name]))
         if pass_name == "grad_weight":
             row["deterministic"] = bool(torch.equal(ours_out, ours[pass_name]()))
+        row["host_us_ours"] = host_us(ours[pass_name])
         row["ms_ours"] = bench(ours[pass_name])
         row["ms_cudnn"] = bench(cudnn[pass_name])
         row["speedup"] = row["ms_cudnn"] / row["ms_ours"]
@@ -101,7 +115,8 @@ def run_layer(name, dtype_name, passes=("forward", "grad_input", "grad_weight"))
         print(f"{name:4s} {dtype_name:4s} {pass_name:11s} ours {row['ms_ours'] * 1e3:8.1f} us "
               f"({row['gbs_ours']:6.0f} GB/s)  cudnn {row['ms_cudnn'] * 1e3:8.1f} us ({row['gbs_cudnn']:6.0f} GB/s)  "
               f"x{row['speedup']:5.2f}  err {row['err_ours']:.1e} / {row['err_cudnn']:.1e}"
-              + (f"  det={row['deterministic']}" if "deterministic" in row else ""), flush=True)
+              + (f"  det={row['deterministic']}" if "deterministic" in row else "")
+              + f"  host {row['host_us_ours']:.0f} us/call", flush=True)
     return rows
 
 
