@@ -75,7 +75,8 @@ def main():
             best_o, best_t = min(map(min, ours)), min(map(min, theirs))
             med_o = statistics.median(map(statistics.median, ours))
             med_t = statistics.median(map(statistics.median, theirs))
-            print(f"{layout:13s} {name:11s} best: corrmm {best_o:7.3f} ms torch {best_t:7.3f} ms x{best_t / best_o:5.2f}"
+            print(f"{layout:13s} {name:11s} best: corrmm {best_o:7.3f} ms torch {best_t:7.3f} ms "
+                  f"x{best_t / best_o:5.2f}"
                   f"   median: corrmm {med_o:7.3f} torch {med_t:7.3f} x{med_t / med_o:5.2f}", flush=True)
 
 

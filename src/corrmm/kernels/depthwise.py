@@ -62,7 +62,7 @@ from .common import widen
 _TILES = [(32, 64, 4), (64, 64, 8), (16, 128, 4), (64, 32, 4), (128, 16, 4)]
 #: grad-weight: pixel tile and warps. One warp per program: the per-tap sum over the tile's pixels
 #: then stays inside the warp (register adds and shuffles, no shared memory or barrier), and many
-#: small programs per SM hide the loads' latency. (v1 used 8- and 4-warp tiles: 390 GB/s on D1.)
+#: small programs per SM hide the loads' latency
 _GW_BLOCK_PIX, _GW_WARPS = 32, 1
 #: grad-weight: programs wanted per SM, and the most pixels one chunk reduces
 _GW_PROGRAMS_PER_SM = 16
@@ -85,7 +85,8 @@ def _prune(configs, named_args, **kwargs):
     """Drop channel tiles wider than the channel count's power of two (mostly masked lanes), and the
     16-channel tile where channels are many (it only pays where wider tiles would be masked)."""
     channels = named_args["C_BUCKET"]
-    kept = [c for c in configs if c.kwargs["BLOCK_C"] <= max(channels, 16) and (c.kwargs["BLOCK_C"] > 16 or channels <= 32)]
+    kept = [c for c in configs
+            if c.kwargs["BLOCK_C"] <= max(channels, 16) and (c.kwargs["BLOCK_C"] > 16 or channels <= 32)]
     return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_C"])]
 
 
