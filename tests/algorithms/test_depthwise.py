@@ -245,3 +245,19 @@ def test_kernel_launch_signatures():
     for launch in (kd._forward_launch(x, w, y, g, 1), kd._grad_input_launch(w, y, x, g, 1)):
         names = launch.kernel.fn.arg_names
         assert len(names) == 3 + len(launch.scalars) + len(launch.meta) + 2  # + BLOCK_PIX, BLOCK_C
+
+
+def test_not_supported_reasons_name_the_problem():
+    algo = REGISTRY["depthwise"]
+    depthwise = make_geometry((2, 8, 6, 6), (16, 1, 3, 3), 1, 1, 1, 8)
+    grouped = make_geometry((2, 8, 6, 6), (8, 2, 3, 3), 1, 1, 1, 4)
+    assert algo.not_supported_reasons(depthwise, "forward", torch.device("cpu"), torch.float32) == []
+    assert any("groups == channels" in r and "groups=4" in r
+               for r in algo.not_supported_reasons(grouped, "grad_weight", torch.device("cpu"), torch.float32))
+    assert any("CPU and CUDA" in r for r in algo.not_supported_reasons(depthwise, "forward", torch.device("mps"),
+                                                                        torch.float32))
+    huge = ConvGeometry(1, 2**20 + 16, 2**20 + 16, (1, 1), (1, 1), ((0, 0), (0, 0)), (1, 1), (1, 1),
+                        2**20 + 16).validate()
+    cuda_reasons = algo.not_supported_reasons(huge, "forward", torch.device("cuda"), torch.float32)
+    assert any("grid limit" in r for r in cuda_reasons) or any("Triton" in r for r in cuda_reasons)
+    assert algo.not_supported_reasons(huge, "forward", torch.device("cpu"), torch.float32) == []
