@@ -58,13 +58,50 @@ def test_cuda_rule_follows_the_measurements(name, dtype, pass_name, expected, mo
     assert auto_choice(pass_name, _geometry(name), CUDA, dtype) == expected
 
 
-@pytest.mark.parametrize("name", LAYERS)
+# the CPU bench's layers (corrmm/bench/suites/cpu_small.csv) and the demo's, with the fastest
+# algorithm `corrmm bench --device cpu --threads 1` measured for them (PERFORMANCE.md, "CPU")
+CPU_LAYERS = {
+    "C1": ((8, 64, 56, 56), (64, 64, 3, 3), 1, 1),
+    "C2": ((8, 256, 14, 14), (256, 256, 3, 3), 1, 1),
+    "C3": ((4, 3, 224, 224), (64, 3, 7, 7), 3, 2),
+    "C4": ((16, 128, 16, 16), (128, 128, 7, 7), 3, 1),
+    "C5": ((64, 16, 8, 8), (32, 16, 3, 3), 1, 1),
+    "D1": ((32, 1, 8, 8), (32, 1, 3, 3), 1, 1),
+    "D2": ((32, 32, 8, 8), (64, 32, 3, 3), 1, 2),
+    "D4": ((32, 64, 4, 4), (128, 64, 1, 1), 0, 1),
+}
+
+
+@pytest.mark.parametrize("name,pass_name,expected", [
+    ("C1", "forward", "im2col"), ("C1", "grad_input", "swapped"), ("C1", "grad_weight", "im2col"),
+    ("C2", "forward", "winograd"), ("C2", "grad_input", "winograd"), ("C2", "grad_weight", "winograd"),
+    ("C3", "forward", "im2col"), ("C3", "grad_input", "im2col"), ("C3", "grad_weight", "im2col"),
+    ("C4", "grad_weight", "im2col"), ("C4", "grad_input", "swapped"), ("C5", "grad_input", "swapped"),
+    ("D1", "forward", "im2col"), ("D1", "grad_input", "im2col"), ("D1", "grad_weight", "swapped"),
+    ("D2", "grad_input", "im2col"), ("D2", "grad_weight", "im2col"),
+    ("D4", "forward", "gemm1x1"), ("D4", "grad_weight", "im2col"),
+])
+def test_cpu_rule_follows_the_measurements(name, pass_name, expected):
+    x, w, pad, stride = CPU_LAYERS[name]
+    g = make_geometry(x, w, border_mode=pad, subsample=stride)
+    assert auto_choice(pass_name, g, CPU, torch.float32) == expected
+
+
 @pytest.mark.parametrize("pass_name", ["forward", "grad_input", "grad_weight"])
-def test_cpu_uses_the_seed_rule_and_always_a_supported_algorithm(name, pass_name):
-    g = _geometry(name)
-    choice = auto_choice(pass_name, g, CPU, torch.float32)
-    assert choice == seed_rule(pass_name, g)
-    assert not REGISTRY[choice].not_supported_reasons(g, pass_name, CPU, torch.float32)
+def test_cpu_rule_for_depthwise_layers(pass_name):
+    g = make_geometry((8, 256, 28, 28), (256, 1, 3, 3), border_mode=1, num_groups=256)  # C6
+    expected = "depthwise" if "depthwise" in REGISTRY else "fft"
+    assert auto_choice(pass_name, g, CPU, torch.float32) == expected
+
+
+@pytest.mark.parametrize("name", [*LAYERS, *CPU_LAYERS])
+@pytest.mark.parametrize("pass_name", ["forward", "grad_input", "grad_weight"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_cpu_rule_picks_a_supported_algorithm(name, pass_name, dtype):
+    x, w, pad, stride = {**LAYERS, **CPU_LAYERS}[name]
+    g = make_geometry(x, w, border_mode=pad, subsample=stride)
+    choice = auto_choice(pass_name, g, CPU, dtype)
+    assert not REGISTRY[choice].not_supported_reasons(g, pass_name, CPU, dtype)
 
 
 def test_seed_rule():

@@ -1,6 +1,14 @@
 """The ``tune`` chooser: it picks a supported algorithm, remembers it in memory and on disk,
 and shrugs off a corrupt, stale or unwritable cache."""
+import contextlib
 import json
+import multiprocessing
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
 
 import pytest
 import torch
@@ -191,8 +199,9 @@ def test_all_candidates_failing_falls_back_to_auto(cache_dir, monkeypatch):
     g = _geometry(LAYERS[0])
     for algorithm in REGISTRY.values():
         monkeypatch.setattr(type(algorithm), "grad_input", broken)
-    name = tuning.choose("grad_input", g, DEVICE, torch.float32)
-    assert name == corrmm.selection.auto_choice("grad_input", g, DEVICE, torch.float32)
+    assert tuning.choose("grad_input", g, DEVICE, torch.float32) is None  # the tuner has no answer
+    chosen = corrmm.selection.tuned("grad_input", g, DEVICE, torch.float32)   # so the op layer uses auto's
+    assert chosen.name == corrmm.selection.auto_choice("grad_input", g, DEVICE, torch.float32)
     assert not (cache_dir / "tune.json").exists()  # nothing was measured, nothing remembered
 
 
@@ -224,3 +233,138 @@ def test_unwritable_cache_warns_and_still_chooses(cache_dir, monkeypatch):
     with pytest.warns(RuntimeWarning, match="tuning cache"):
         name = tuning.choose("forward", g, DEVICE, torch.float32)
     assert name in REGISTRY
+
+
+# ---- concurrency, non-regular files and crashes ----------------------------------------------
+
+def _small_geometry(index: int):
+    """A distinct tiny layer per index (cheap to time: every candidate runs in microseconds)."""
+    return make_geometry((1, 2, 4 + index % 7, 4 + index // 7), (2, 2, 1 + index % 2, 1))
+
+
+def _entries(cache_dir):
+    return json.loads((cache_dir / "tune.json").read_text())["entries"]
+
+
+def test_threads_keep_every_entry(cache_dir):
+    threads_count, per_thread = 8, 3
+    barrier = threading.Barrier(threads_count)
+    errors = []
+
+    def work(t):
+        try:
+            barrier.wait()
+            for i in range(per_thread):
+                tuning.choose("forward", _small_geometry(t * per_thread + i), DEVICE, torch.float32)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(threads_count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(_entries(cache_dir)) == threads_count * per_thread
+
+
+def test_threads_writing_at_once_keep_every_entry(cache_dir):
+    """The race itself, without the timing in between: many writers merging into one file."""
+    threads_count, per_thread = 8, 25
+    barrier = threading.Barrier(threads_count)
+    path = tuning.cache_path()
+
+    def work(t):
+        barrier.wait()
+        for i in range(per_thread):
+            tuning._write_entry(path, f"key {t} {i}", {"algo": "im2col", "ms": {}})
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(threads_count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(_entries(cache_dir)) == threads_count * per_thread
+
+
+def _tune_in_a_process(index: int, per_process: int, barrier, direct_writes: int) -> None:
+    """Runs in a spawned process: tune its own shapes, then write entries as fast as it can."""
+    barrier.wait()
+    for i in range(per_process):
+        tuning.choose("forward", _small_geometry(index * per_process + i), torch.device("cpu"), torch.float32)
+    for i in range(direct_writes):
+        tuning._write_entry(tuning.cache_path(), f"direct {index} {i}", {"algo": "im2col", "ms": {}})
+
+
+def test_processes_keep_every_entry(cache_dir):
+    processes_count, per_process, direct_writes = 4, 12, 30
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(processes_count)
+    workers = [context.Process(target=_tune_in_a_process, args=(i, per_process, barrier, direct_writes))
+               for i in range(processes_count)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=240)
+    assert [w.exitcode for w in workers] == [0] * processes_count
+    entries = _entries(cache_dir)
+    assert len(entries) == processes_count * (per_process + direct_writes)
+    assert sum(key.startswith("direct ") for key in entries) == processes_count * direct_writes
+
+
+@contextlib.contextmanager
+def _deadline(seconds: int):
+    """Fail instead of hanging: SIGALRM interrupts a blocking open()."""
+    def expired(signum, frame):
+        raise TimeoutError(f"blocked for more than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are a POSIX feature")
+@pytest.mark.parametrize("name", ["tune.json", "tune.json.lock"])
+def test_a_fifo_in_place_of_the_cache_never_blocks(cache_dir, name):
+    os.mkfifo(cache_dir / name)
+    g = _geometry(LAYERS[0])
+    with _deadline(60), pytest.warns(RuntimeWarning, match="not a regular file"):
+        first = tuning.choose("forward", g, DEVICE, torch.float32)
+        assert tuning.lookup("forward", _geometry(LAYERS[1]), DEVICE, torch.float32) is None
+    assert first in REGISTRY
+    assert stat.S_ISFIFO(os.stat(cache_dir / name).st_mode)  # left as it was
+    with _deadline(60):
+        assert corrmm.corr2d(torch.randn(2, 6, 9, 8), torch.randn(4, 6, 1, 1), algo="tune").shape == (2, 4, 9, 8)
+
+
+_CRASH_MID_WRITE = """
+import json, os, torch
+from corrmm import tuning
+real_dump = json.dump
+def dump_half_then_die(payload, f, **kwargs):
+    text = json.dumps(payload, **kwargs)
+    f.write(text[: len(text) // 2])
+    f.flush()
+    os._exit(9)  # killed mid-write: no cleanup, no exception handlers
+json.dump = dump_half_then_die
+tuning._write_entry(tuning.cache_path(), "the crashing write", {"algo": "im2col", "ms": {}})
+"""
+
+
+def test_a_crash_mid_write_leaves_the_previous_file(cache_dir):
+    g = _geometry(LAYERS[0])
+    first = tuning.choose("forward", g, DEVICE, torch.float32)
+    before = (cache_dir / "tune.json").read_text()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    result = subprocess.run([sys.executable, "-c", _CRASH_MID_WRITE], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 9, result.stderr
+    assert (cache_dir / "tune.json").read_text() == before  # still the whole previous file: valid JSON
+    tuning.clear_cache()
+    assert tuning.choose("forward", g, DEVICE, torch.float32) == first  # read back from it
+    tuning.choose("grad_input", g, DEVICE, torch.float32)  # and the next writer is not stuck on a lock
+    assert len(_entries(cache_dir)) == 2

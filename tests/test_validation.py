@@ -1,5 +1,6 @@
 """Every bad input of DESIGN 1 gets its ValueError/TypeError, naming the offending values,
 before anything runs."""
+import numpy as np
 import pytest
 import torch
 
@@ -58,3 +59,43 @@ def test_algorithms_lists_the_registry():
         assert corrmm.algorithms()  # a fresh list each call
     names.append("mutated")
     assert "mutated" not in corrmm.algorithms()
+
+
+# ---- numbers: integral numpy/torch scalars count as ints, anything fractional is refused ----
+
+INTEGRAL = [np.int64(2), np.int32(2), torch.tensor(2), torch.tensor(2, dtype=torch.int32)]
+
+
+@pytest.mark.parametrize("two", INTEGRAL, ids=lambda v: f"{type(v).__name__}-{v.dtype}")
+def test_integral_scalars_are_accepted_wherever_an_int_is(two):
+    x, w = torch.randn(2, 4, 9, 9, dtype=torch.float64), torch.randn(6, 2, 3, 3, dtype=torch.float64)
+    expected = corrmm.corr2d(x, w, border_mode=2, subsample=2, filter_dilation=2, num_groups=2)
+    for kwargs in (dict(border_mode=two, subsample=two, filter_dilation=two, num_groups=two),
+                   dict(border_mode=((two, 2), (2, two)), subsample=(two, 2), filter_dilation=(2, two), num_groups=2)):
+        torch.testing.assert_close(corrmm.corr2d(x, w, **kwargs), expected, rtol=0, atol=0)
+    dy = torch.randn_like(expected)
+    kw = dict(border_mode=2, subsample=2, filter_dilation=2, num_groups=2)
+    torch.testing.assert_close(corrmm.corr2d_grad_input(w, dy, (9, two * 4 + 1), **kw),
+                               corrmm.corr2d_grad_input(w, dy, (9, 9), **kw), rtol=0, atol=0)
+    torch.testing.assert_close(corrmm.corr2d_grad_weight(x, dy, (two + 1, 3), **kw),
+                               corrmm.corr2d_grad_weight(x, dy, (3, 3), **kw), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: corrmm.corr2d(X, W, subsample=2.0), r"subsample must be an integer, got 2.0 \(float\)"),
+    (lambda: corrmm.corr2d(X, W, subsample=(1, 8.7)), r"subsample\[1\] must be an integer, got 8.7"),
+    (lambda: corrmm.corr2d(X, W, filter_dilation=np.float64(1.0)), "filter_dilation must be an integer"),
+    (lambda: corrmm.corr2d(X, W, num_groups=1.0), "num_groups must be an integer, got 1.0"),
+    (lambda: corrmm.corr2d(X, W, num_groups=torch.tensor(1.0)), "num_groups must be an integer"),
+    (lambda: corrmm.corr2d(X, W, subsample=torch.tensor(True)), "subsample must be an integer"),
+    (lambda: corrmm.corr2d(X, W, border_mode=1.5), "border_mode must be one of"),
+    (lambda: corrmm.corr2d(X, W, border_mode=((0.5, 1), 1)), r"border_mode\[0\]\[0\] must be an integer"),
+    (lambda: corrmm.corr2d(X, W, border_mode=(1, 1.0)), r"border_mode\[1\] must be an integer"),
+    (lambda: corrmm.corr2d_grad_input(W, torch.randn(2, 6, 6, 6), (8.7, 8)), r"input_shape\[0\] must be an integer, got 8.7"),
+    (lambda: corrmm.corr2d_grad_input(W, torch.randn(2, 6, 6, 6), (8, 8.0)), r"input_shape\[1\] must be an integer"),
+    (lambda: corrmm.corr2d_grad_weight(X, torch.randn(2, 6, 6, 6), (3.0, 3)), r"kernel_shape\[0\] must be an integer"),
+    (lambda: corrmm.corr2d_grad_weight(X, torch.randn(2, 6, 6, 6), "33"), "kernel_shape must be a sequence of ints"),
+])
+def test_non_integral_numbers_are_refused_naming_the_argument(call, message):
+    with pytest.raises(TypeError, match=message):
+        call()

@@ -20,7 +20,7 @@ from typing import Dict, Sequence
 import torch
 
 from . import ops
-from .geometry import ConvGeometry, check_grad_output_shape, make_geometry
+from .geometry import ConvGeometry, as_int, check_grad_output_shape, make_geometry
 from .ops import check_algo, check_tensors
 
 _KEYWORDS_DOC = """
@@ -39,6 +39,11 @@ def _frozen(value):
     """A hashable stand-in for an argument that keeps its type (so 2.0 and True never pass for 2 and 1)."""
     if isinstance(value, (list, tuple)):
         return type(value), tuple(_frozen(v) for v in value)
+    if not isinstance(value, (int, float, str)):
+        try:
+            return int, as_int(value, "")  # np.int64(2) or a 0-d integer tensor: the key of 2
+        except TypeError:
+            pass
     return type(value), value
 
 
@@ -63,10 +68,18 @@ def _op_args(g: ConvGeometry, algo: str):
     return list(g.pad_low), list(g.pad_high), list(g.stride), list(g.dilation), g.groups, algo
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """``torch.is_autocast_enabled``, False on devices autocast does not know (meta)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # "unknown device type for autocast"
+        return False
+
+
 def _autocast(*tensors):
     """Under ``torch.autocast``, compute in the autocast dtype, as torch's convolutions do."""
     first = tensors[0]
-    if not isinstance(first, torch.Tensor) or not torch.is_autocast_enabled(first.device.type):
+    if not isinstance(first, torch.Tensor) or not autocast_enabled(first.device.type):
         return tensors
     dtype = torch.get_autocast_dtype(first.device.type)
     return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors)
@@ -81,7 +94,9 @@ def _check_rank(name: str, ndim: int, **tensors: torch.Tensor) -> None:
 
 def _spatial_shape(name: str, arg: str, shape: Sequence[int], full: Sequence[int], ndim: int):
     """Accept the spatial shape alone, or a full shape whose leading two entries must agree."""
-    shape = tuple(int(s) for s in shape)
+    if isinstance(shape, str) or not hasattr(shape, "__iter__"):
+        raise TypeError(f"{name}: {arg} must be a sequence of ints, got {shape!r}")
+    shape = tuple(as_int(s, f"{arg}[{dim}]") for dim, s in enumerate(shape))
     if len(shape) == ndim + 2:
         if shape[:2] != tuple(full[:2]):
             raise ValueError(f"{name}: {arg} {shape} disagrees with the tensors, which imply {tuple(full[:2])} "

@@ -19,6 +19,7 @@ the gradient ops take the shape they must produce.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Sequence, Tuple, Union
 
@@ -28,21 +29,42 @@ BorderMode = Union[str, int, Sequence[int], Sequence[Sequence[int]]]
 BORDER_MODE_NAMES = ("valid", "full", "half")
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def as_int(value, name: str) -> int:
+    """An integer argument as a Python int.
+
+    Accepted, as torch accepts them: an int, a numpy integer (``np.int64(2)``) or
+    a 0-d integer tensor. Refused with a TypeError that names the argument: bools,
+    floats (``2.0`` as well as ``8.7``: torch refuses a float stride, and a shape
+    is never fractional), strings, anything with more than zero dimensions.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    boolean = isinstance(value, bool) or "bool" in str(getattr(value, "dtype", ""))
+    if not boolean and getattr(value, "ndim", 0) == 0:
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+
+
+def _is_scalar(value) -> bool:
+    """Not a sequence: a plain number, a numpy scalar or a 0-d array/tensor."""
+    return not hasattr(value, "__iter__") or getattr(value, "ndim", None) == 0
 
 
 def normalize_ints(value: IntOrTuple, ndim: int, name: str, minimum: int = 1) -> Tuple[int, ...]:
-    """An int or one int per spatial dimension, each at least ``minimum``."""
-    if _is_int(value):
-        values = (value,) * ndim
+    """An integer or one integer per spatial dimension, each at least ``minimum``."""
+    if _is_scalar(value):
+        values = (as_int(value, name),) * ndim
     else:
-        try:
-            values = tuple(value)
-        except TypeError:
-            raise TypeError(f"{name} must be an int or a tuple of {ndim} ints, got {value!r}") from None
-        if len(values) != ndim or not all(_is_int(v) for v in values):
-            raise ValueError(f"{name} must be an int or a tuple of {ndim} ints, got {value!r}")
+        if isinstance(value, str):
+            raise TypeError(f"{name} must be an int or a tuple of {ndim} ints, got {value!r}")
+        values = tuple(value)
+        if len(values) != ndim:
+            raise ValueError(f"{name} must be an int or a tuple of {ndim} ints, got {value!r} "
+                             f"({len(values)} entries)")
+        values = tuple(as_int(v, f"{name}[{dim}]") for dim, v in enumerate(values))
     for dim, v in enumerate(values):
         if v < minimum:
             raise ValueError(f"{name} must be >= {minimum} in every dimension, got {v} in dimension {dim} ({value!r})")
@@ -75,27 +97,27 @@ def normalize_border_mode(
             f"unknown border_mode {border_mode!r}: expected one of {BORDER_MODE_NAMES}, an int, "
             f"a tuple of {ndim} ints or a tuple of {ndim} (low, high) pairs"
         )
-    if _is_int(border_mode):
-        pads = ((border_mode, border_mode),) * ndim
-    else:
+    if _is_scalar(border_mode):
         try:
-            entries = tuple(border_mode)
+            pad = as_int(border_mode, "border_mode")
         except TypeError:
-            raise TypeError(f"border_mode must be a string, an int or a tuple, got {border_mode!r}") from None
+            raise TypeError(f"border_mode must be one of {BORDER_MODE_NAMES}, an int or a tuple, "
+                            f"got {border_mode!r} ({type(border_mode).__name__})") from None
+        pads = ((pad, pad),) * ndim
+    else:
+        entries = tuple(border_mode)
         if len(entries) != ndim:
             raise ValueError(f"border_mode {border_mode!r} has {len(entries)} entries, expected {ndim} (one per spatial dimension)")
         pads = []
-        for entry in entries:
-            if _is_int(entry):
-                pads.append((entry, entry))
+        for dim, entry in enumerate(entries):
+            if _is_scalar(entry):
+                pad = as_int(entry, f"border_mode[{dim}]")
+                pads.append((pad, pad))
                 continue
-            try:
-                pair = tuple(entry)
-            except TypeError:
-                pair = ()
-            if len(pair) != 2 or not all(_is_int(v) for v in pair):
+            pair = tuple(entry) if not isinstance(entry, str) else ()
+            if len(pair) != 2:
                 raise ValueError(f"border_mode entry {entry!r} must be an int or a (low, high) pair of ints")
-            pads.append(pair)
+            pads.append((as_int(pair[0], f"border_mode[{dim}][0]"), as_int(pair[1], f"border_mode[{dim}][1]")))
         pads = tuple(pads)
     for dim, (low, high) in enumerate(pads):
         if low < 0 or high < 0:
@@ -234,7 +256,8 @@ def make_geometry(
     ndim = len(input_shape) - 2
     if ndim not in (1, 2, 3):
         raise ValueError(f"expected 1, 2 or 3 spatial dimensions, got input of {len(input_shape)} dimensions")
-    if not _is_int(num_groups) or num_groups < 1:
+    num_groups = as_int(num_groups, "num_groups")
+    if num_groups < 1:
         raise ValueError(f"num_groups must be an int >= 1, got {num_groups!r}")
     stride = normalize_ints(subsample, ndim, "subsample")
     dilation = normalize_ints(filter_dilation, ndim, "filter_dilation")

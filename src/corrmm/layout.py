@@ -14,19 +14,12 @@ import importlib.util
 
 import torch
 
+from .memory_format import memory_format_of  # noqa: F401  (re-exported: the op layer reads both here)
+
 
 @functools.lru_cache(maxsize=1)
 def _have_triton() -> bool:
     return importlib.util.find_spec("triton") is not None
-
-
-def memory_format_of(t: torch.Tensor) -> torch.memory_format:
-    """channels_last(_3d) when ``t`` is stored that way (and not also plain contiguous)."""
-    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    if t.dim() == 5 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last_3d):
-        return torch.channels_last_3d
-    return torch.contiguous_format
 
 
 def to_memory_format(t: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:

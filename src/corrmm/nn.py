@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
+from .functional import autocast_enabled
 from .ops import check_algo
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d"]
@@ -60,7 +61,7 @@ def _autocast(*tensors: Optional[torch.Tensor]):
     """
     first = tensors[0]
     device_type = first.device.type
-    if not torch.is_autocast_enabled(device_type):
+    if not autocast_enabled(device_type):
         return tensors
     dtype = torch.get_autocast_dtype(device_type)
     return tuple(t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t
@@ -85,6 +86,11 @@ class _CorrmmConv:
         super().__setstate__(state)
         # layers pickled before ``algo`` existed, or converted by swapping the class
         self.__dict__.setdefault("algo", "auto")
+
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this on every submodule before compiling anything
+        raise RuntimeError(f"corrmm.nn.{type(self).__name__} cannot be compiled by torch.jit.script; use "
+                           f"torch.compile or torch.export instead (torch.jit.trace also works).")
 
     def extra_repr(self) -> str:
         text = super().extra_repr()

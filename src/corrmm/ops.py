@@ -15,6 +15,10 @@ Theano, so derivatives compose to any order::
     dw = corr_grad_weight(x, dy):  d/dx = corr_grad_input(g, dy)    d/d(dy) = corr(x, g)
 
 (``g`` is the incoming gradient; each identity is ⟨g, A(u, v)⟩ read three ways.)
+Each op is bilinear, so its forward-mode tangent is ``op(ta, b) + op(a, tb)``, and
+each has a vmap rule that folds the vmapped dimension into the batch, the
+channels or the groups: torch.func's transforms and forward-mode AD work to any
+order (see "calling the ops" below for how calls are routed).
 
 Results come back in the memory format of the op's first image argument
 (input for corr and corr_grad_weight, grad_output for corr_grad_input):
@@ -22,14 +26,18 @@ channels_last in, channels_last out.
 """
 from __future__ import annotations
 
-import contextlib
+import functools
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.autograd.forward_ad as forward_ad
+from torch._C._functorch import TransformType, _unwrap_for_grad, _wrap_for_grad
+from torch._functorch.pyfunctorch import retrieve_current_functorch_interpreter
 
 from . import selection
 from .algorithms import CHOOSERS, REGISTRY, Algorithm
+from .algorithms.base import matmul_precision_like_convolution
 from .geometry import ConvGeometry, check_grad_output_shape
 from .layout import memory_format_of, to_memory_format
 
@@ -90,22 +98,6 @@ def build_geometry(input_shape: Sequence[int], weight_shape: Sequence[int], pad_
     return geometry.validate()
 
 
-# ---- helpers --------------------------------------------------------------------
-
-@contextlib.contextmanager
-def matmul_precision_like_convolution(t: torch.Tensor):
-    """float32 GEMMs use TF32 exactly when torch's convolutions would (cuDNN's TF32 switch)."""
-    if t.device.type != "cuda" or t.dtype != torch.float32:
-        yield
-        return
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
-
-
 # ---- plans: each call signature validated and resolved once --------------------------------
 #
 # A plan holds what validation and algorithm choice derive from a call's signature
@@ -139,6 +131,13 @@ class Plan:
         return to_memory_format(result, self.memory_format)
 
 
+class ShapeOnlyPlan(Plan):
+    """The plan for meta tensors: the result's shape, dtype and memory format, with nothing computed."""
+
+    def execute(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return _empty(a, self.shape, self.memory_format)
+
+
 _PLANS: Dict[tuple, Plan] = {}
 _MAX_PLANS = 4096
 
@@ -170,6 +169,8 @@ def _plan(key, build) -> Plan:
 
 def _make_plan(pass_name: str, a: torch.Tensor, geometry: ConvGeometry, algo: str, shape,
                memory_format) -> Plan:
+    if a.device.type == "meta":
+        return ShapeOnlyPlan(pass_name, geometry, None, tuple(shape), memory_format, False)
     algorithm = None
     if algo != "tune" and not geometry.is_empty:
         algorithm = selection.resolve(algo, pass_name, geometry, a.device, a.dtype)
@@ -301,15 +302,24 @@ def _save_geometry(ctx, pad_low, pad_high, stride, dilation, groups, algo):
     ctx.geometry_args = (list(pad_low), list(pad_high), list(stride), list(dilation), groups, algo)
 
 
+def _save_operands(ctx, a: torch.Tensor, b: torch.Tensor) -> None:
+    """Both operands, for backward (the gradients) and for forward-mode AD (the tangent)."""
+    ctx.save_for_backward(a, b)
+    ctx.save_for_forward(a, b)
+
+
 def _corr_setup(ctx, inputs, output):
     input, weight, *rest = inputs
-    ctx.save_for_backward(input, weight)
+    _save_operands(ctx, input, weight)
     _save_geometry(ctx, *rest)
 
 
 def _like(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    """The gradient laid out with its parameter's strides (what DDP's buckets and optimizers expect)."""
-    if grad.stride() == param.stride():
+    """The gradient laid out with its parameter's strides (what DDP's buckets and optimizers expect).
+
+    Under torch.func transforms the gradient is an intermediate value (and may be
+    batched where the parameter is not), so it is left as it is."""
+    if grad.stride() == param.stride() or torch._C._are_functorch_transforms_active():
         return grad
     return torch.empty_like(param).copy_(grad)  # empty_like keeps a dense parameter's strides
 
@@ -326,8 +336,9 @@ def _corr_backward(ctx, grad):
 
 
 def _grad_input_setup(ctx, inputs, output):
-    weight, grad_output, _input_size, *rest = inputs
-    ctx.save_for_backward(weight, grad_output)
+    weight, grad_output, input_size, *rest = inputs
+    _save_operands(ctx, weight, grad_output)
+    ctx.size = list(input_size)
     _save_geometry(ctx, *rest)
 
 
@@ -343,8 +354,9 @@ def _grad_input_backward(ctx, grad):
 
 
 def _grad_weight_setup(ctx, inputs, output):
-    input, grad_output, _kernel_size, *rest = inputs
-    ctx.save_for_backward(input, grad_output)
+    input, grad_output, kernel_size, *rest = inputs
+    _save_operands(ctx, input, grad_output)
+    ctx.size = list(kernel_size)
     _save_geometry(ctx, *rest)
 
 
@@ -364,41 +376,250 @@ corr_grad_input.register_autograd(_grad_input_backward, setup_context=_grad_inpu
 corr_grad_weight.register_autograd(_grad_weight_backward, setup_context=_grad_weight_setup)
 
 
-# ---- eager calls without the dispatcher ----------------------------------------------
+# ---- forward-mode AD: each op is bilinear ----------------------------------------
+#
+# op(a + ta, b + tb) = op(a, b) + op(ta, b) + op(a, tb) + op(ta, tb), so the
+# tangent of op(a, b) is op(ta, b) + op(a, tb), written with the same op (and
+# therefore differentiable again, in either mode). No algorithm's internals are
+# ever differentiated.
+
+def _outside_compile(fn):
+    """``torch.compiler.disable(fn)``, made on the first call (importing corrmm must not import dynamo)."""
+    disabled = None
+
+    @functools.wraps(fn)
+    def call(*args):
+        nonlocal disabled
+        if disabled is None:
+            try:
+                disabled = torch.compiler.disable(fn, reason=_EAGER_ONLY)
+            except TypeError:  # torch without disable(reason=...)
+                disabled = torch.compiler.disable(fn)
+        return disabled(*args)
+    return call
+
+
+# never compiled: a jvp rule reached from a graph-broken torch.compile region would
+# otherwise call the registered ops, which drop tangents
+@_outside_compile
+def _sum_of_terms(call, a, b, t_a, t_b, *args):
+    tangent = None
+    if t_a is not None:
+        tangent = call(t_a, b, *args)
+    if t_b is not None:
+        term = call(a, t_b, *args)
+        tangent = term if tangent is None else tangent + term
+    return tangent
+
+
+def _bilinear_tangent(call, a, b, t_a, t_b, *args):
+    """op(t_a, b) + op(a, t_b), computed so that every outer transform sees it.
+
+    autograd calls a jvp rule with both gradient modes off, which under nested
+    torch.func transforms (jvp of jvp, jacfwd of jacfwd, grad of jvp) would hide
+    the tangent's computation from the transforms outside. Under torch.func.jvp the
+    rule therefore runs as functorch runs a forward: one level down, gradients on.
+    """
+    if torch._C._are_functorch_transforms_active():
+        interpreter = retrieve_current_functorch_interpreter()
+        if interpreter.key() == TransformType.Jvp:
+            level = interpreter.level()
+            a, b, t_a, t_b = (None if t is None else _unwrap_for_grad(t, level) for t in (a, b, t_a, t_b))
+            with torch.enable_grad(), forward_ad._set_fwd_grad_enabled(True), interpreter.lower():
+                tangent = _sum_of_terms(call, a, b, t_a, t_b, *args)
+            return _wrap_for_grad(tangent, level)
+    return _sum_of_terms(call, a, b, t_a, t_b, *args)
+
+
+def _corr_jvp(ctx, t_input, t_weight, *_):
+    input, weight = ctx.saved_tensors
+    return _bilinear_tangent(call_corr, input, weight, t_input, t_weight, *ctx.geometry_args)
+
+
+def _grad_input_jvp(ctx, t_weight, t_grad_output, *_):
+    weight, grad_output = ctx.saved_tensors
+    return _bilinear_tangent(call_corr_grad_input, weight, grad_output, t_weight, t_grad_output, ctx.size,
+                             *ctx.geometry_args)
+
+
+def _grad_weight_jvp(ctx, t_input, t_grad_output, *_):
+    input, grad_output = ctx.saved_tensors
+    return _bilinear_tangent(call_corr_grad_weight, input, grad_output, t_input, t_grad_output, ctx.size,
+                             *ctx.geometry_args)
+
+
+_EAGER_ONLY = ("corrmm's functions and layers run under torch.func.grad/vjp/jvp/jacrev/jacfwd/hessian in eager "
+               "mode only; apply torch.compile to the function without the transform, or the transform without "
+               "torch.compile")
+
+
+def _differentiating_transform_on_top() -> bool:
+    """True under torch.func.grad or torch.func.jvp (the innermost transform), which read autograd formulas."""
+    return (torch._C._are_functorch_transforms_active()
+            and retrieve_current_functorch_interpreter().key() in (TransformType.Grad, TransformType.Jvp))
+
+
+def _refuse_differentiating_transform(what: str) -> None:
+    """The registered ops carry no forward-mode formula that functorch can read; never return a zero tangent."""
+    if _differentiating_transform_on_top():
+        raise NotImplementedError(
+            f"{what} reached torch.func.grad/jvp directly or from inside torch.compile, where no tangent or "
+            f"gradient can be formed; {_EAGER_ONLY}")
+
+
+# ---- vmap: the vmapped dimension folded into the batch, the channels or the groups ------
+#
+# Under torch.vmap each op runs once on a reshaped problem, never once per vmapped
+# entry. With B the vmapped size and g the groups:
+#
+#   only an image is vmapped (corr's input, corr_grad_input's grad_output): B joins
+#       the batch, (B, N) -> B*N.
+#   only a filter-like argument is vmapped (corr's weight, corr_grad_input's weight,
+#       either argument of corr_grad_weight, whose batch is summed over): B joins
+#       that argument's channels inside each group, (B, g, C/g) -> (g, B*C/g), and
+#       the result's channels split back the same way.
+#   both are vmapped: B joins the groups, (B, g) -> B*g groups, so each vmapped
+#       entry is its own independent problem.
+#
+# The unvmapped argument is used as it is, never copied B times. This is what
+# torch's own convolution batching rule does.
+
+def _join(t: torch.Tensor, dim: int, groups: int) -> torch.Tensor:
+    """(B, ..., D at ``dim`` + 1, ...) -> (..., g*B*(D/g) at ``dim``, ...): B inside each of ``groups`` groups."""
+    t = t.unflatten(dim + 1, (groups, -1))   # (B, ..., g, D/g, ...)
+    t = t.movedim(0, dim + 1)                # (..., g, B, D/g, ...)
+    return t.flatten(dim, dim + 2)
+
+
+def _split(t: torch.Tensor, dim: int, groups: int, batch: int) -> torch.Tensor:
+    """The inverse of :func:`_join`: (..., g*B*(D/g) at ``dim``, ...) -> (B, ..., D, ...)."""
+    t = t.unflatten(dim, (groups, batch, -1))  # (..., g, B, D/g, ...)
+    t = t.movedim(dim + 1, 0)                  # (B, ..., g, D/g, ...)
+    return t.flatten(dim + 1, dim + 2)
+
+
+# Where B goes, per op. a_only, b_only: (dim of the vmapped argument that B joins,
+# whether inside each group, dim of the result that B leaves, whether inside each
+# group). both: (dim of the first argument, of the second, of the result), B
+# joining the groups.
+#                               a_only                b_only                both
+_FOLDS = {"corr":             ((0, False, 0, False), (0, True, 1, True),   (1, 0, 1)),
+          "corr_grad_input":  ((1, False, 1, True),  (0, False, 0, False), (0, 1, 1)),
+          "corr_grad_weight": ((1, True, 1, False),  (1, True, 0, True),   (1, 1, 0))}
+
+
+def _vmap_rule(op_name: str, call):
+    """The batching rule of one op, which runs the folded problem with ``call``."""
+    a_only, b_only, both = _FOLDS[op_name]
+    sized = op_name != "corr"  # the gradient ops take the size of what they return
+
+    def rule(info, in_dims, a, b, *args):
+        a_dim, b_dim = in_dims[:2]
+        size = list(args[:1]) if sized else []
+        pad_low, pad_high, stride, dilation, groups, algo = args[1:] if sized else args
+        geometry = (pad_low, pad_high, stride, dilation)
+        batch = info.batch_size
+        if a_dim is None and b_dim is None:
+            return call(a, b, *args), None
+        if a_dim is not None:
+            a = a.movedim(a_dim, 0)
+        if b_dim is not None:
+            b = b.movedim(b_dim, 0)
+        if b_dim is None or a_dim is None:
+            join, grouped, out_dim, out_grouped = a_only if b_dim is None else b_only
+            g = groups if grouped else 1
+            if b_dim is None:
+                a = _join(a, join, g)
+            else:
+                b = _join(b, join, g)
+            out = call(a, b, *size, *geometry, groups, algo)
+            return _split(out, out_dim, groups if out_grouped else 1, batch), 0
+        a_join, b_join, out_dim = both
+        out = call(_join(a, a_join, 1), _join(b, b_join, 1), *size, *geometry, batch * groups, algo)
+        return _split(out, out_dim, 1, batch), 0
+
+    return rule
+
+
+# The registered ops' rules (torch.vmap over torch.ops.corrmm.*) call the ops themselves;
+# the autograd.Functions' rules call them through the Functions, which other
+# transforms below the vmap (grad, jvp) need.
+def _registered_op_rule(op_name: str):
+    """The registered op's rule: the op again, one level down, where grad and jvp would not see it."""
+    rule = _vmap_rule(op_name, getattr(torch.ops.corrmm, op_name))
+
+    def checked_rule(info, in_dims, *args):
+        with retrieve_current_functorch_interpreter().lower():
+            _refuse_differentiating_transform(f"torch.ops.corrmm.{op_name}")
+        return rule(info, in_dims, *args)
+    return checked_rule
+
+
+for _name in _FOLDS:
+    torch.library.register_vmap(f"corrmm::{_name}", _registered_op_rule(_name))
+
+
+# ---- calling the ops: eager calls without the dispatcher, transforms through autograd.Functions ------
 #
 # Going through torch.library's dispatcher costs about 135 µs of host time per call
 # (H100 machine, scripts/host_overhead.py), more than a small layer's whole GEMM. An
 # eager call on plain tensors needs none of what it provides, so the public functions
 # call the op bodies directly, through an autograd.Function with the same formulas
-# when a gradient is needed. Anything the dispatcher must see goes through the
-# registered op: torch.compile and FX tracing, tensor subclasses (fake, functional),
-# dispatch or torch-function modes and functorch transforms.
+# when a gradient is needed.
+#
+# The same autograd.Functions carry what the registered ops cannot: a jvp rule
+# (forward-mode AD) and the functorch protocol (setup_context, vmap), so they take
+# every call made under torch.func transforms or torch.autograd.forward_ad. Their
+# forward calls the op again one level down, so no algorithm is ever differentiated
+# or vmapped from inside. Under torch.compile, torch.jit.trace, tensor subclasses
+# (fake, functional) and dispatch or torch-function modes the registered op is
+# called, so tracers record corrmm's three ops.
+
+def _forward(op_name: str, body):
+    """An autograd.Function's forward: the op one level down (no autograd here)."""
+    def forward(a, b, *args):
+        if needs_dispatcher(a, b):
+            if torch._C._are_functorch_transforms_active():
+                return _FUNCTIONS[op_name].apply(a, b, *args)  # the next transform down
+            return getattr(torch.ops.corrmm, op_name)(a, b, *args)
+        return body(a, b, *args)
+    return forward
+
 
 class _CorrFunction(torch.autograd.Function):
-    forward = staticmethod(corr_impl)
+    forward = staticmethod(_forward("corr", corr_impl))
     setup_context = staticmethod(_corr_setup)
     backward = staticmethod(_corr_backward)
+    jvp = staticmethod(_corr_jvp)
+    vmap = staticmethod(_vmap_rule("corr", lambda *args: call_corr(*args)))
 
 
 class _CorrGradInputFunction(torch.autograd.Function):
-    forward = staticmethod(corr_grad_input_impl)
+    forward = staticmethod(_forward("corr_grad_input", corr_grad_input_impl))
     setup_context = staticmethod(_grad_input_setup)
     backward = staticmethod(_grad_input_backward)
+    jvp = staticmethod(_grad_input_jvp)
+    vmap = staticmethod(_vmap_rule("corr_grad_input", lambda *args: call_corr_grad_input(*args)))
 
 
 class _CorrGradWeightFunction(torch.autograd.Function):
-    forward = staticmethod(corr_grad_weight_impl)
+    forward = staticmethod(_forward("corr_grad_weight", corr_grad_weight_impl))
     setup_context = staticmethod(_grad_weight_setup)
     backward = staticmethod(_grad_weight_backward)
+    jvp = staticmethod(_grad_weight_jvp)
+    vmap = staticmethod(_vmap_rule("corr_grad_weight", lambda *args: call_corr_grad_weight(*args)))
 
+
+_FUNCTIONS = {"corr": _CorrFunction, "corr_grad_input": _CorrGradInputFunction,
+              "corr_grad_weight": _CorrGradWeightFunction}
 
 #: tensor types the op bodies take as they are (Parameter disables __torch_function__)
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
 def needs_dispatcher(a, b) -> bool:
-    """True when the call must go through the registered op (tracing, subclasses, modes, transforms)."""
-    if torch.compiler.is_compiling():
+    """True when the op bodies must not run directly (tracing, subclasses, modes, transforms)."""
+    if torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None:
         return True
     if type(a) not in _PLAIN_TENSORS or type(b) not in _PLAIN_TENSORS:
         return True
@@ -406,14 +627,35 @@ def needs_dispatcher(a, b) -> bool:
                 or torch._C._functorch.peek_interpreter_stack() is not None)
 
 
-def _differentiating(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
+def _forward_ad_active() -> bool:
+    """Inside ``torch.autograd.forward_ad.dual_level()`` with forward gradients on (they are off in a forward)."""
+    return forward_ad._current_level >= 0 and torch._C._is_fwd_grad_enabled()
+
+
+def _apply_eagerly(function, a, b, *args):
+    """``function.apply`` outside torch.compile, for torch.func.grad/jvp met while compiling.
+
+    torch.compile records the registered ops, which functorch's grad and jvp cannot
+    see into (a jvp would get no tangent). Compilation stops here (a graph break;
+    ``fullgraph=True`` makes it an error) and the call runs eagerly, through the
+    autograd.Function, which they can."""
+    return function.apply(a, b, *args)
+
+
+_apply_eagerly = _outside_compile(_apply_eagerly)
 
 
 def _call(op_name: str, body, function, a, b, *args) -> torch.Tensor:
     if needs_dispatcher(a, b):
+        if torch.compiler.is_compiling():
+            if _differentiating_transform_on_top():
+                torch._dynamo.graph_break(msg=_EAGER_ONLY)  # loaded while compiling; fullgraph=True raises it
+                return _apply_eagerly(function, a, b, *args)
+        elif torch._C._are_functorch_transforms_active() or _forward_ad_active():
+            return function.apply(a, b, *args)
         return getattr(torch.ops.corrmm, op_name)(a, b, *args)
-    if _differentiating(a, b):
+    if ((torch.is_grad_enabled() and (a.requires_grad or b.requires_grad))
+            or (forward_ad._current_level >= 0 and torch._C._is_fwd_grad_enabled())):  # dual tensors
         return function.apply(a, b, *args)
     return body(a, b, *args)
 

@@ -19,6 +19,19 @@ buffer:
   smaller and the stride is 1.
 * a 1x1, stride-1, unpadded, undilated layer is a plain GEMM: gemm1x1.
 
+**On the CPU**, fitted to ``corrmm bench --device cpu --threads 1`` (fp32, the
+cpu-small suite and the demo's layers; PERFORMANCE.md, "CPU"):
+
+* gemm1x1 for plain 1x1 layers (im2col for their weight gradient on small images);
+* winograd for 3x3 / 3-tap stride-1 layers with >= 128 channels and filters per group;
+* grad_input: swapped at stride 1 when its column buffer is no larger than
+  im2col's or there are 16+ channels per group, else im2col (whose col2im is
+  torch's fold);
+* forward and grad_weight: im2col, or swapped where the seed's large-kernel test
+  holds (for the forward pass, only with 16+ channels per group);
+* depthwise layers: a ``depthwise`` algorithm where one is registered, else fft
+  at stride 1.
+
 **On CUDA**, fitted to ``corrmm bench`` on an H100 (bf16 and TF32, the
 convnet suite; PERFORMANCE.md has the table):
 
@@ -112,17 +125,69 @@ def is_depthwise(g: ConvGeometry) -> bool:
     return g.groups == g.in_channels > 1
 
 
+# ---- the CPU rule (fitted to `corrmm bench --device cpu --threads 1` on the cpu-small suite and the
+# demo's layers, fp32, 2-core AMD EPYC, with interleaved re-runs of the close calls; PERFORMANCE.md
+# "CPU" has the table) ----------------------------------------------------------------------------
+
+#: winograd F(2x2, 3x3) pays from this many channels and filters per group: C2 (256) 1.5x-2.1x and a
+#: 128-channel 28² layer 1.5x-2x the best column-buffer algorithm; at 64 (C1, D3) its transforms,
+#: which move 4x the image, cost as much as the multiplications they save
+WINOGRAD_MIN_CHANNELS = 128
+SMALL_1X1_OUTPUT = 256  # 1x1 weight gradients on small images: im2col's single GEMM beats per-image ones
+
+
+def _winograd_fits(g: ConvGeometry) -> bool:
+    return (g.ndim <= 2 and all(k == 3 for k in g.kernel) and all(s == 1 for s in g.stride)
+            and all(d == 1 for d in g.dilation))
+
+
+def _cpu_rule(pass_name: str, g: ConvGeometry) -> str:
+    unit_steps = all(s == 1 for s in g.stride) and all(d == 1 for d in g.dilation)
+    if g.groups > 1 and g.channels_per_group == 1:  # depthwise
+        if "depthwise" in algorithms.REGISTRY:
+            return "depthwise"
+        if unit_steps:
+            return "fft"  # C6: 2x-5.7x im2col and swapped, whose GEMMs are 1-channel thin
+    if _is_plain_gemm(g):
+        if pass_name == "grad_weight" and math.prod(g.out_size) < SMALL_1X1_OUTPUT:
+            return "im2col"  # D4: 1.3x gemm1x1's per-image products
+        return "gemm1x1"
+    if _winograd_fits(g) and min(g.channels_per_group, g.filters_per_group) >= WINOGRAD_MIN_CHANNELS:
+        return "winograd"
+    if pass_name == "grad_input":
+        in_area, out_area = math.prod(g.in_size), math.prod(g.out_size)
+        unit_stride = all(s == 1 for s in g.stride)
+        # swapped (its forward runs in cache-sized panels) at stride 1 when its column buffer is no
+        # larger than im2col's or the layer has 16+ channels per group: C1 2.0x, C4 1.9x, C5 1.25x,
+        # D3 1.5x; im2col (torch's fold) otherwise: strided (C3, C7) or few channels (D1: 15x)
+        smaller_buffer = g.filters_per_group * in_area <= g.channels_per_group * out_area
+        if unit_stride and (smaller_buffer or g.channels_per_group >= 16):
+            return "swapped"
+        return "im2col"
+    if seed_rule(pass_name, g) == "swapped":  # a kernel large beside the output (N·R·S > Cg·P·Q)
+        if pass_name == "grad_weight" or g.channels_per_group >= 16:
+            return "swapped"  # grad_weight: D1 (one input channel) 1.3x im2col; forward: many channels only
+    # forward and grad_weight: im2col (panels / channels-last columns), as fast as or faster than swapped
+    # everywhere measured (C1 2x-3x, C4 1.3x-1.5x, D1 1.45x) and than fft on C4's 7x7 weight gradient
+    return "im2col"
+
+
 def auto_choice(pass_name: str, geometry: ConvGeometry, device: torch.device, dtype: torch.dtype) -> str:
     """The algorithm ``auto`` runs for this pass (a registered name)."""
+    device = torch.device(device)
     # ---- depthwise layers: the direct kernel, on every device that serves it
     if is_depthwise(geometry) and "depthwise" in algorithms.REGISTRY and not algorithms.REGISTRY[
-            "depthwise"].not_supported_reasons(geometry, pass_name, torch.device(device), dtype):
+            "depthwise"].not_supported_reasons(geometry, pass_name, device, dtype):
         return "depthwise"
-    if torch.device(device).type == "cuda":
+    if device.type == "cuda":
         choice = _cuda_rule(pass_name, geometry, dtype)
-        if choice in algorithms.REGISTRY and not algorithms.REGISTRY[choice].not_supported_reasons(
-                geometry, pass_name, torch.device(device), dtype):
-            return choice
+    elif device.type == "cpu":
+        choice = _cpu_rule(pass_name, geometry)
+    else:
+        choice = None
+    if choice in algorithms.REGISTRY and not algorithms.REGISTRY[choice].not_supported_reasons(
+            geometry, pass_name, device, dtype):
+        return choice
     return seed_rule(pass_name, geometry)
 
 
@@ -142,7 +207,9 @@ def resolve(algo: str, pass_name: str, geometry: ConvGeometry, device: torch.dev
 
 def tuned(pass_name: str, geometry: ConvGeometry, device: torch.device, dtype: torch.dtype) -> algorithms.Algorithm:
     """The algorithm ``tune`` picks, on the hot path of a planned call: the tuner only ever returns
-    supported choices (it times supported candidates, checks remembered ones, else falls back to auto)."""
+    supported choices (it times supported candidates and checks remembered ones); where it cannot
+    time now it returns None and the ``auto`` rule decides."""
     from . import tuning  # imported on first use: it times algorithms, which the auto path never needs
 
-    return algorithms.get(tuning.choose(pass_name, geometry, device, dtype))
+    name = tuning.choose(pass_name, geometry, device, dtype)
+    return algorithms.get(name if name is not None else auto_choice(pass_name, geometry, device, dtype))

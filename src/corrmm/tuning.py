@@ -12,7 +12,10 @@ timings). Winners live in memory and in a JSON file, :func:`cache_path`:
 ``$CORRMM_CACHE_DIR/tune.json``, else ``$XDG_CACHE_HOME/corrmm/tune.json``,
 else ``~/.cache/corrmm/tune.json``. The file is read on a miss (another process
 may have tuned the key) and rewritten atomically (a temporary file in the same
-folder, then ``os.replace``), merged with what is already there. A file that
+folder, then ``os.replace``), merged with what is already there, under a lock
+(a thread lock and an ``flock`` on ``tune.json.lock``) so that concurrent
+threads and processes keep every entry. Only a regular file is read or
+replaced: a FIFO or device in its place never blocks a call. A file that
 cannot be read or parsed, or that a different corrmm version or cache format
 wrote, is ignored: never an exception, at worst a re-tune. An entry naming an
 algorithm that no longer exists or no longer supports the case is ignored too.
@@ -21,8 +24,8 @@ Guarantees:
 * the user's tensors are never touched: timing runs on tensors drawn from a
   private generator, so the global random stream is not advanced either;
 * a candidate that raises (out of memory, a kernel that fails to compile) is
-  skipped; when every candidate fails, the ``auto`` rule decides and nothing is
-  remembered;
+  skipped; when every candidate fails, :func:`choose` returns None (the op layer
+  then runs the ``auto`` rule's choice) and nothing is remembered;
 * the tuner is never entered recursively (a candidate that itself calls a corrmm
   op with ``algo="tune"`` gets the cached or the ``auto`` choice), and it does not
   time while a CUDA graph is being captured.
@@ -35,6 +38,7 @@ import json
 import math
 import os
 import platform
+import stat
 import sys
 import tempfile
 import threading
@@ -45,7 +49,13 @@ from typing import Dict, List, Optional
 
 import torch
 
+try:
+    import fcntl
+except ImportError:  # fcntl is POSIX only: on Windows only threads are serialised
+    fcntl = None
+
 from .algorithms import REGISTRY
+from .algorithms.base import matmul_precision_like_convolution  # the ops' TF32 rule: timings match real runs
 from .geometry import ConvGeometry
 
 #: bumped whenever the meaning of a key or an entry changes; other values are stale
@@ -59,9 +69,13 @@ REPEAT_BUDGET_S = 0.25
 #: a candidate whose warm-up is this many times slower than the best timed so far
 #: is not timed again: it cannot win, and slow candidates are where tuning time goes
 HOPELESS_FACTOR = 20.0
+#: how long a writer waits for another process's lock on the cache file before giving up on writing
+LOCK_TIMEOUT_S = 10.0
 
 
 _lock = threading.Lock()
+#: serialises this process's read-merge-writes of the file (the flock serialises processes)
+_file_lock = threading.Lock()
 _memory: Dict[str, str] = {}
 _memory_path: Optional[Path] = None
 #: choices by a cheap tuple key (the string key and the cache path cost ~30 µs per call to build)
@@ -121,11 +135,21 @@ def cache_key(pass_name: str, geometry: ConvGeometry, device: torch.device, dtyp
 # ---- the on-disk file --------------------------------------------------------------
 
 def _read_entries(path: Path) -> Dict[str, dict]:
-    """The entries of a valid cache file; {} for a missing, unreadable, corrupt or stale one."""
+    """The entries of a valid cache file; {} for a missing, unreadable, corrupt or stale one.
+
+    The file is opened without blocking and read only when it is a regular file: a FIFO or a
+    device put in its place is ignored instead of hanging the caller.
+    """
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except Exception:  # missing, unreadable, not UTF-8, not JSON: all mean "no cache"
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return {}
+    try:
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return {}
+            data = json.loads(f.read().decode("utf-8"))
+    except Exception:  # unreadable, not UTF-8, not JSON: all mean "no cache"
         return {}
     if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT \
             or data.get("corrmm_version") != _corrmm_version():
@@ -136,23 +160,60 @@ def _read_entries(path: Path) -> Dict[str, dict]:
     return {k: v for k, v in entries.items() if isinstance(v, dict) and isinstance(v.get("algo"), str)}
 
 
+@contextlib.contextmanager
+def _file_locked(path: Path):
+    """Exclusive use of the cache file for one read-merge-write, among threads and processes.
+
+    Threads take ``_file_lock``; processes an ``flock`` on ``tune.json.lock`` beside the file
+    (where ``fcntl`` exists: elsewhere concurrent processes may still lose an entry, which costs a
+    re-tune, never a wrong result). A lock held elsewhere for LOCK_TIMEOUT_S raises OSError
+    (the entry is then kept in memory only).
+    """
+    with _file_lock:
+        lock_path = path.with_name(path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NONBLOCK", 0), 0o644)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(f"{lock_path} is not a regular file")
+            if fcntl is not None:
+                deadline = time.monotonic() + LOCK_TIMEOUT_S
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            raise OSError(f"{lock_path} stayed locked for {LOCK_TIMEOUT_S} s") from None
+                        time.sleep(0.005)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
+
 def _write_entry(path: Path, key: str, entry: dict) -> None:
-    """Merge one entry into the file: write a temporary file beside it, then rename over it,
-    so a reader sees the old file or the new one, never half of one."""
+    """Merge one entry into the file under the lock: read what is there (other threads and processes
+    tuned meanwhile), add the entry, write a temporary file beside it, flush it to disk and rename it
+    over the file, so a reader, or a process after a crash, sees the old file or the new one, never
+    half of one. A path that is not a regular file (a FIFO, a folder) is left alone."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        entries = _read_entries(path)  # keep what other processes tuned meanwhile
-        entries[key] = entry
-        payload = {"format": CACHE_FORMAT, "corrmm_version": _corrmm_version(), "entries": entries}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tune-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(payload, f, indent=1, sort_keys=True)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        with _file_locked(path):
+            if path.exists() and not path.is_file():
+                raise OSError(f"{path} is not a regular file")
+            entries = _read_entries(path)
+            entries[key] = entry
+            payload = {"format": CACHE_FORMAT, "corrmm_version": _corrmm_version(), "entries": entries}
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tune-", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    json.dump(payload, f, indent=1, sort_keys=True)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
     except OSError as exc:  # a read-only or full disk costs the cache, not the convolution
         warnings.warn(f"corrmm: could not write the tuning cache {path}: {exc}", RuntimeWarning, stacklevel=2)
 
@@ -225,8 +286,6 @@ class _Timer:
 def time_candidate(name: str, pass_name: str, a: torch.Tensor, b: torch.Tensor, geometry: ConvGeometry,
                    best_so_far: float = math.inf) -> float:
     """Best time in seconds of one algorithm on operands ``a``, ``b`` after a warm-up run."""
-    from .ops import matmul_precision_like_convolution  # the op layer's TF32 rule, so timings match real runs
-
     algorithm = REGISTRY[name]
     timer = _Timer(a.device)
 
@@ -302,10 +361,12 @@ def _capturing(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
-def choose(pass_name: str, geometry: ConvGeometry, device: torch.device, dtype: torch.dtype) -> str:
-    """The fastest supported algorithm for this pass: remembered, or timed now and remembered."""
-    from .selection import auto_choice
+def choose(pass_name: str, geometry: ConvGeometry, device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    """The fastest supported algorithm for this pass: remembered, or timed now and remembered.
 
+    None when nothing can be timed now (inside a timing run, during CUDA graph capture, or when every
+    candidate failed): the caller then applies its own rule (:func:`corrmm.selection.tuned` uses ``auto``).
+    """
     device = torch.device(device)
     recall = _recall_key(pass_name, geometry, device, dtype)
     name = _recent.get(recall)
@@ -316,14 +377,14 @@ def choose(pass_name: str, geometry: ConvGeometry, device: torch.device, dtype: 
         _recent[recall] = cached
         return cached
     if getattr(_local, "active", False) or _capturing(device):
-        return auto_choice(pass_name, geometry, device, dtype)
+        return None
     _local.active = True
     try:
         timings = benchmark(pass_name, geometry, device, dtype)
     finally:
         _local.active = False
     if not timings:
-        return auto_choice(pass_name, geometry, device, dtype)
+        return None
     best = min(timings, key=timings.get)
     key = cache_key(pass_name, geometry, device, dtype)
     path = cache_path()

@@ -15,6 +15,7 @@ MODULES = [
     "gemm1x1",
     "fft",
     "implicit",
+    "winograd",
     "depthwise",
 ]
 

@@ -14,6 +14,7 @@ list means it can.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import List
 
 import torch
@@ -22,6 +23,20 @@ from ..geometry import ConvGeometry
 
 PASSES = ("forward", "grad_input", "grad_weight")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@contextlib.contextmanager
+def matmul_precision_like_convolution(t: torch.Tensor):
+    """float32 GEMMs use TF32 exactly when torch's convolutions would (cuDNN's TF32 switch)."""
+    if t.device.type != "cuda" or t.dtype != torch.float32:
+        yield
+        return
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 class Algorithm:

@@ -48,6 +48,16 @@ Precision: float16/bfloat16 are computed in float32 (complex64) and cast back
 (cuFFT's half transforms need power-of-two sizes, and half spectra lose too
 much); float32 in complex64; float64 in complex128.
 
+Non-finite values: a frequency-domain product spreads one NaN or Inf over the whole
+output plane (every frequency mixes every position), where a direct convolution
+confines it to the outputs whose window covers it. So each pass first checks its
+operands with one reduction (the sum of each operand is finite exactly when every
+element is, up to an overflow that only costs a needless detour): if any element
+is NaN or ±Inf the pass runs im2col instead, whose NaN/Inf placement is torch's.
+On a GPU the check reads one number back to the host (a synchronisation); while a
+CUDA graph is being captured no such read is allowed, so there it is skipped and
+a non-finite operand gives a NaN plane.
+
 Memory: the batch is processed in chunks whose spectra and transposed copies fit
 the workspace cap (:func:`corrmm.config.workspace_limit`); the weight's spectrum
 (K·Cg·F complex values) is computed once per call.
@@ -63,6 +73,7 @@ import torch.nn.functional as F
 from .. import config
 from ..geometry import ConvGeometry
 from .base import Algorithm
+from .im2col import ALGORITHM as DIRECT
 from .patches import batch_chunks
 
 
@@ -140,6 +151,16 @@ def _bytes_per_image(g: ConvGeometry, lengths: Sequence[int], dtype: torch.dtype
     return channels * (2 * freqs * 2 * real + math.prod(lengths) * real)
 
 
+def all_finite(*tensors: torch.Tensor) -> bool:
+    """True when no element of the tensors is NaN or ±Inf (False also when a sum overflows: harmless)."""
+    if tensors[0].device.type == "meta":
+        return True  # shapes only: nothing to read
+    if tensors[0].is_cuda and torch.cuda.is_current_stream_capturing():
+        return True  # no device-to-host read during capture (see the module docstring)
+    total = sum(t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32) for t in tensors)
+    return bool(torch.isfinite(total))
+
+
 class FFT(Algorithm):
     name = "fft"
 
@@ -153,6 +174,8 @@ class FFT(Algorithm):
         return reasons
 
     def forward(self, input, weight, g: ConvGeometry):
+        if not all_finite(input, weight):
+            return DIRECT.forward(input, weight, g)
         lengths = fft_sizes(g)
         # conj(W'[f]) as (G, F, Cg, Kg): the conjugate makes the product a correlation
         w_spec = _kernel_spectrum(weight, g, lengths).transpose(2, 3).conj().resolve_conj().contiguous()
@@ -163,6 +186,8 @@ class FFT(Algorithm):
         return y
 
     def grad_input(self, weight, grad_output, g: ConvGeometry):
+        if not all_finite(weight, grad_output):
+            return DIRECT.grad_input(weight, grad_output, g)
         lengths = fft_sizes(g)
         w_spec = _kernel_spectrum(weight, g, lengths).contiguous()  # (G, F, Kg, Cg)
         dx = config.new_output(grad_output, g.input_shape)
@@ -172,6 +197,8 @@ class FFT(Algorithm):
         return dx
 
     def grad_weight(self, input, grad_output, g: ConvGeometry):
+        if not all_finite(input, grad_output):
+            return DIRECT.grad_weight(input, grad_output, g)
         lengths = fft_sizes(g)
         total = None
         for start, n in batch_chunks(g.batch, _bytes_per_image(g, lengths, input.dtype)):

@@ -11,7 +11,7 @@ convnet-benchmarks tables. Blank lines and lines starting with ``#`` are skipped
 Shipped suites (``corrmm/bench/suites/``):
 
     convnet     the 12 layers of DESIGN section 5 (L1-L5, S1, S2, R1-R5), GPU-sized
-    cpu-small   five scaled-down layers of the same kinds, milliseconds each on a CPU
+    cpu-small   the CPU layers of issue 12 (3x3, 7x7, strided, depthwise) and the demo's strided layer
 """
 from __future__ import annotations
 

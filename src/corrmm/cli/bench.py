@@ -17,7 +17,6 @@ an error other than "cannot serve this case" or out of memory.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -32,14 +31,13 @@ from ..bench import report, runner
 from ..bench.runner import DTYPES, PASSES, TORCH
 from ..bench.suite import BUILTIN_SUITES, load_suite, select_layers
 from ..bench.timing import TimingConfig, method_name
+from . import usage
 
 PASS_ALIASES = {"fwd": "forward", "forward": "forward", "grad_input": "grad_input", "grad_in": "grad_input",
                 "dgrad": "grad_input", "grad_weight": "grad_weight", "grad_w": "grad_weight", "wgrad": "grad_weight"}
 
 
 def add_arguments(parser) -> None:
-    parser.description = __doc__
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cuda, cuda:N or cpu (default: cuda when there is one)")
     parser.add_argument("--suite", default=None,
@@ -70,8 +68,7 @@ def _split(values: Optional[Sequence[str]]) -> List[str]:
     return [v.strip() for value in (values or []) for v in value.split(",") if v.strip()]
 
 
-class _UsageError(Exception):
-    pass
+_UsageError = usage.UsageError
 
 
 def _candidates(requested: List[str]) -> List[str]:
@@ -104,11 +101,13 @@ def _dtypes(requested: List[str], device: torch.device) -> List[str]:
 
 
 def _plan(args) -> tuple:
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise _UsageError("--device cuda, but torch sees no GPU")
-    if device.type not in ("cuda", "cpu"):
-        raise _UsageError(f"--device {args.device}: only cuda and cpu are benchmarked")
+    device = usage.device(args.device)
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is not None:
+            usage.writable_file(option, path)
+    for option, value in (("--warmup-ms", args.warmup_ms), ("--rep-ms", args.rep_ms)):
+        if value is not None:
+            usage.positive(option, value)
     suite_name, layers = load_suite(args.suite or ("convnet" if device.type == "cuda" else "cpu-small"))
     layers = select_layers(layers, _split(args.layers))
     timing = TimingConfig.default(device, args.quick)

@@ -12,10 +12,14 @@ import torch.nn.functional as F
 
 import corrmm
 
+from . import usage
+
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float16", "bfloat16", "float32", "float64"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    parser.add_argument("--dtype", default="float32", choices=["float16", "bfloat16", "float32", "float64"],
+                        help="dtype of the computation (default float32); the reference is always float64")
 
 
 def _rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
@@ -23,7 +27,7 @@ def _rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def run(args) -> int:
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    device, dtype = usage.device(args.device), getattr(torch, args.dtype)
     torch.manual_seed(0)
     # a strided, padded, dilated, grouped 2-D layer with odd sizes
     x = torch.randn(4, 6, 23, 19, device=device, dtype=dtype)

@@ -9,6 +9,7 @@ accuracy and training time.
 """
 from __future__ import annotations
 
+import sys
 import time
 from typing import Callable, Dict
 
@@ -17,16 +18,22 @@ from torch import nn
 
 import corrmm
 
+from ..algorithms import CHOOSERS
+from . import usage
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--epochs", type=int, default=10, help="passes over the training set (default 10)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="where to train (default: cuda if available, else cpu)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
-    parser.add_argument("--algo", default="auto", help="corrmm algorithm for every layer (default auto)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+                        help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per training step (default 32)")
+    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 0.003)")
+    parser.add_argument("--algo", default="auto", choices=[*CHOOSERS, *corrmm.algorithms()], metavar="ALGO",
+                        help=f"corrmm algorithm for every layer: {', '.join([*CHOOSERS, *corrmm.algorithms()])} "
+                             "(default auto)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the data split (default 0)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (it is drawn on stderr, and only when stderr is a terminal)")
 
 
 def build_model(conv: Callable[..., nn.Module]) -> nn.Sequential:
@@ -106,8 +113,11 @@ def train_both(epochs: int = 10, device: str = "cpu", batch_size: int = 32, lr: 
 
     log(f"corrmm demo: 8x8 digits, {len(x_train)} training / {len(x_test)} test images, {device}, "
         f"{epochs} epochs of {batches} batches of {batch_size}")
-    bar = tqdm(total=epochs * batches * len(models), unit="batch", leave=False, disable=not progress)
-    write = bar.write if progress else log
+    # the bar lives on stderr, and only on a terminal: redirected output stays one clean line per row
+    progress = progress and sys.stderr.isatty()
+    bar = tqdm(total=epochs * batches * len(models), unit="batch", leave=False, disable=not progress,
+               file=sys.stderr)
+    write = (lambda line: bar.write(line, file=sys.stdout)) if progress else log
     write(f"{'epoch':>5}  {'corrmm loss':>11}  {'torch loss':>10}")
     for epoch in range(1, epochs + 1):
         order = torch.randperm(len(x_train), generator=order_generator).to(device)  # shared by both models
@@ -127,9 +137,23 @@ def train_both(epochs: int = 10, device: str = "cpu", batch_size: int = 32, lr: 
     return results
 
 
+def check_algo_serves_the_network(algo: str, device: torch.device) -> None:
+    """A forced algorithm must serve every layer and pass of the network (fft, e.g., has no stride 2)."""
+    if algo in CHOOSERS:
+        return
+    model = build_model(lambda *a, **k: corrmm.nn.Conv2d(*a, algo=algo, **k)).to(device)
+    try:
+        model(torch.zeros(2, 1, 8, 8, device=device)).sum().backward()
+    except ValueError as err:
+        raise usage.UsageError(f"--algo {algo} cannot train this network: {err}") from None
+
+
 def run(args) -> int:
-    if args.epochs < 1:
-        raise SystemExit("corrmm demo: --epochs must be at least 1")
-    train_both(epochs=args.epochs, device=args.device, batch_size=args.batch_size, lr=args.lr, algo=args.algo,
+    usage.at_least("--epochs", args.epochs, 1)
+    usage.at_least("--batch-size", args.batch_size, 1)
+    usage.positive("--lr", args.lr)
+    device = usage.device(args.device)
+    check_algo_serves_the_network(args.algo, device)
+    train_both(epochs=args.epochs, device=device, batch_size=args.batch_size, lr=args.lr, algo=args.algo,
                seed=args.seed, progress=not args.no_progress)
     return 0

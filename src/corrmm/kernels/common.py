@@ -9,7 +9,8 @@
   memory than a Hopper SM has. Under the interpreter a single small config runs
   (benchmarking configs there would take minutes and prove nothing);
   ``CORRMM_AUTOTUNE=0`` likewise runs one config on a GPU.
-* layout: on a GPU operands are read NHWC (channels_last), see :func:`as_nhwc`,
+* layout: on a GPU operands are read NHWC (channels_last), see
+  :func:`corrmm.kernels.transpose.as_nhwc`,
   except the float32 weight of the input gradient (each module's
   ``prepare_operands`` says why); under the interpreter operands keep their
   strides, which is how the tests exercise arbitrary layouts.
@@ -30,7 +31,7 @@ import triton.language as tl
 from triton.runtime.autotuner import Autotuner
 
 from .. import config
-from ..layout import memory_format_of
+from ..memory_format import memory_format_of
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -76,25 +77,6 @@ def upcast_operands(dtype: torch.dtype) -> bool:
     (16-bit products, fp32 accumulation). On a GPU operands stay 16-bit.
     """
     return INTERPRET and dtype in (torch.float16, torch.bfloat16)
-
-
-def as_nhwc(t: torch.Tensor) -> torch.Tensor:
-    """The operand as the kernels like it best: channels innermost.
-
-    Every kernel reduces over channels for a fixed kernel tap (forward and
-    grad-input) or gathers channels as GEMM columns (grad-weight), so channels
-    are the contiguous direction of every tile; NHWC makes those loads 16-byte
-    vectors, and NCHW would make them strided scalars read once per kernel tap
-    (R·S times). One copy up front costs a single pass over the tensor. Under the
-    interpreter the operand keeps its own strides (the kernels accept any).
-    """
-    if INTERPRET or t.dim() != 4 or t.is_contiguous(memory_format=torch.channels_last):
-        return t
-    if t.is_contiguous():
-        from .transpose import nchw_to_nhwc, supported  # a tiled transpose: torch's strided copy is ~3x slower
-        if supported(t):
-            return nchw_to_nhwc(t)
-    return t.contiguous(memory_format=torch.channels_last)
 
 
 def new_output(like: torch.Tensor, shape: Sequence[int], dtype: torch.dtype = None) -> torch.Tensor:
@@ -146,7 +128,7 @@ def sm_count(device: torch.device) -> int:
 
 #: ``CORRMM_AUTOTUNE=0`` runs one modest config instead of tuning (quick GPU checks: no
 #: benchmarking of every config for every new shape bucket)
-AUTOTUNE = os.environ.get("CORRMM_AUTOTUNE", "1") != "0"
+AUTOTUNE = config.autotuning()
 
 
 #: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) tried by the forward and grad-input kernels

@@ -44,7 +44,7 @@ import triton
 import triton.language as tl
 
 from ..geometry import ConvGeometry
-from . import common
+from . import common, transpose
 from .common import multiply_accumulate, widen
 
 #: square and wide tiles for the usual layers, narrow ones (BLOCK_N 16/32) for few filters;
@@ -151,7 +151,7 @@ def implicit_forward_kernel(
 
 def prepare_operands(x: torch.Tensor, w: torch.Tensor):
     """x and w with channels innermost: the A tile's rows and the B tile's columns are then K-major."""
-    return common.as_nhwc(x), common.as_nhwc(w)
+    return transpose.as_nhwc(x), transpose.as_nhwc(w)
 
 
 def use_flat_reduction(channels_per_group: int) -> bool:

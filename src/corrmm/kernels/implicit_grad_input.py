@@ -45,7 +45,7 @@ import triton
 import triton.language as tl
 
 from ..geometry import ConvGeometry
-from . import common
+from . import common, transpose
 from .common import multiply_accumulate, widen
 
 #: the forward pass's tiles (the narrow ones serve the input gradient of an RGB layer: N = C = 3)
@@ -162,8 +162,8 @@ def prepare_operands(w: torch.Tensor, dy: torch.Tensor):
     if w.dtype == torch.float32 and not common.INTERPRET:
         w = w.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
     else:
-        w = common.as_nhwc(w)
-    return w, common.as_nhwc(dy)
+        w = transpose.as_nhwc(w)
+    return w, transpose.as_nhwc(dy)
 
 
 def grad_input(w: torch.Tensor, dy: torch.Tensor, g: ConvGeometry) -> torch.Tensor:

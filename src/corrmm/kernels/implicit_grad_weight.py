@@ -52,7 +52,7 @@ import triton.language as tl
 
 from .. import config
 from ..geometry import ConvGeometry
-from . import common
+from . import common, transpose
 from .common import multiply_accumulate, widen
 
 #: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); the K loop is long, so deep pipelines
@@ -233,7 +233,7 @@ def prepare_operands(x: torch.Tensor, dy: torch.Tensor):
     H100: 47 TFLOP/s). Laying dy, or dy and x, out batch-innermost, (C, N, H, W)
     in memory, measured slower still (29 and 35 TFLOP/s), so NHWC stays.
     """
-    return common.as_nhwc(x), common.as_nhwc(dy)
+    return transpose.as_nhwc(x), transpose.as_nhwc(dy)
 
 
 def use_flat_columns(channels_per_group: int) -> bool:

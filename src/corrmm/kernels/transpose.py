@@ -86,3 +86,20 @@ def nhwc_to_nchw(t: torch.Tensor) -> torch.Tensor:
     out = torch.empty(t.shape, dtype=t.dtype, device=t.device)
     _transpose(t, out, n, h * w, c)
     return out
+
+
+def as_nhwc(t: torch.Tensor) -> torch.Tensor:
+    """The operand as the kernels like it best: channels innermost.
+
+    Every kernel reduces over channels for a fixed kernel tap (forward and
+    grad-input) or gathers channels as GEMM columns (grad-weight), so channels
+    are the contiguous direction of every tile; NHWC makes those loads 16-byte
+    vectors, and NCHW would make them strided scalars read once per kernel tap
+    (R·S times). One copy up front costs a single pass over the tensor. Under the
+    interpreter the operand keeps its own strides (the kernels accept any).
+    """
+    if common.INTERPRET or t.dim() != 4 or t.is_contiguous(memory_format=torch.channels_last):
+        return t
+    if t.is_contiguous() and supported(t):  # the tiled transpose: torch's strided copy is ~3x slower
+        return nchw_to_nhwc(t)
+    return t.contiguous(memory_format=torch.channels_last)
