@@ -3,7 +3,7 @@
 Depthwise means groups = C: filter k = c·M + m (channel multiplier M >= 1, K = C·M)
 reads input channel c = k // M only. Shapes (2-D; 1-D problems arrive as H = 1 views):
 
-    x   (N, C, H, W)      any strides (NHWC on a GPU, see common.as_nhwc)
+    x   (N, C, H, W)      any strides (NHWC on a GPU, see transpose.as_nhwc)
     w   (K, 1, R, S)      any strides
     y   (N, K, P, Q)      allocated channels_last (the op layer restores the caller's layout)
 
@@ -52,7 +52,7 @@ import triton.language as tl
 
 from .. import config
 from ..geometry import ConvGeometry
-from . import common
+from . import common, transpose
 from .common import widen
 
 #: (BLOCK_PIX, BLOCK_C, num_warps) tried by the forward and grad-input kernels: 16 elements per
@@ -337,7 +337,7 @@ def _wide(*tensors_and_pads) -> bool:
 def forward(x: torch.Tensor, w: torch.Tensor, g: ConvGeometry) -> torch.Tensor:
     """y (N, K, P, Q) = depthwise corr(x (N, C, H, W), w (K, 1, R, S)); 2-D geometry; y channels_last."""
     M = _check(g)
-    x = common.as_nhwc(x)
+    x = transpose.as_nhwc(x)
     y = common.new_nhwc(x, g.output_shape)
     key = ("dw_forward", g, x.stride(), w.stride(), y.stride(), x.dtype, x.device)
     launch = common.planned(key, lambda: _forward_launch(x, w, y, g, M))
@@ -365,7 +365,7 @@ def _forward_launch(x, w, y, g: ConvGeometry, M: int) -> common.KernelLaunch:
 def grad_input(w: torch.Tensor, dy: torch.Tensor, g: ConvGeometry) -> torch.Tensor:
     """dx (N, C, H, W) = depthwise corr_grad_input(w (K, 1, R, S), dy (N, K, P, Q)); dx channels_last."""
     M = _check(g)
-    dy = common.as_nhwc(dy)
+    dy = transpose.as_nhwc(dy)
     dx = common.new_nhwc(dy, g.input_shape)
     key = ("dw_grad_input", g, w.stride(), dy.stride(), dx.stride(), dy.dtype, dy.device)
     launch = common.planned(key, lambda: _grad_input_launch(w, dy, dx, g, M))
@@ -417,7 +417,7 @@ def grad_weight_tiles(g: ConvGeometry, device: torch.device):
 def grad_weight(x: torch.Tensor, dy: torch.Tensor, g: ConvGeometry) -> torch.Tensor:
     """dw (K, 1, R, S) = depthwise corr_grad_weight(x (N, C, H, W), dy (N, K, P, Q)), summed deterministically."""
     M = _check(g)
-    x, dy = common.as_nhwc(x), common.as_nhwc(dy)
+    x, dy = transpose.as_nhwc(x), transpose.as_nhwc(dy)
     (H, W), (R, S), (P, Q) = g.in_size, g.kernel, g.out_size
     K = g.out_channels
     block_pix, block_c, chunk, chunks = grad_weight_tiles(g, x.device)
