@@ -22,14 +22,16 @@ def test_results_follow_every_kind_of_change(algo):
     shape = (2, 4, 5, 6) if algo in INTERPRETED else (3, 6, 9, 8)
     x = randn(shape, gen)
     k = 1 if algo == "gemm1x1" else 3  # gemm1x1 serves 1x1 kernels only
-    w = randn((5, shape[1], k, k), gen)
-    dy = randn((shape[0], 5, *shape[2:]), gen)
+    groups = shape[1] if algo == "depthwise" else 1  # depthwise serves groups == channels only
+    filters = 2 * shape[1] if algo == "depthwise" else 5
+    w = randn((filters, shape[1] // groups, k, k), gen)
+    dy = randn((shape[0], filters, *shape[2:]), gen)
 
     def check(label):
-        y = corrmm.corr2d(x, w, algo=algo, **GEOMETRY)
-        gx = corrmm.corr2d_grad_input(w, dy, shape[2:], algo=algo, **GEOMETRY)
-        gw = corrmm.corr2d_grad_weight(x, dy, (k, k), algo=algo, **GEOMETRY)
-        ref = reference_passes(x, w, dy, ((k // 2, k // 2),) * 2, (1, 1), (1, 1), 1)
+        y = corrmm.corr2d(x, w, algo=algo, num_groups=groups, **GEOMETRY)
+        gx = corrmm.corr2d_grad_input(w, dy, shape[2:], algo=algo, num_groups=groups, **GEOMETRY)
+        gw = corrmm.corr2d_grad_weight(x, dy, (k, k), algo=algo, num_groups=groups, **GEOMETRY)
+        ref = reference_passes(x, w, dy, ((k // 2, k // 2),) * 2, (1, 1), (1, 1), groups)
         for name, ours, theirs in zip(("forward", "grad_input", "grad_weight"), (y, gx, gw), ref):
             assert rel_err(ours, theirs) <= TOLERANCE, f"{label}: {name} is stale or wrong"
 

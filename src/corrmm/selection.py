@@ -55,6 +55,11 @@ convnet suite; PERFORMANCE.md has the table):
   the implicit kernel on L5, S1, R1, R4, R5 in TF32; except float32 with few
   channels per group at unit stride and dilation (L1), where the implicit
   kernel's K-major tiles feed TF32 wgmma (v6: 1.6x im2col).
+
+**Depthwise layers** (groups = channels > 1), on the CPU and CUDA alike: the
+``depthwise`` algorithm, before either rule above (a direct kernel with R·S
+multiply-adds per element; the GEMM algorithms' reductions would have length
+R·S; PERFORMANCE.md, "depthwise").
 """
 from __future__ import annotations
 
@@ -147,6 +152,9 @@ def _grouped_or_few_channel_rule(pass_name: str, g: ConvGeometry, dtype: torch.d
         if large_kernel and dtype in (torch.float16, torch.bfloat16):
             return "implicit"
     return None
+def is_depthwise(g: ConvGeometry) -> bool:
+    """One input channel per group, and more than one channel (one channel and one group is a dense layer)."""
+    return g.groups == g.in_channels > 1
 
 
 # ---- the CPU rule (fitted to `corrmm bench --device cpu --threads 1` on the cpu-small suite and the
@@ -199,6 +207,10 @@ def _cpu_rule(pass_name: str, g: ConvGeometry) -> str:
 def auto_choice(pass_name: str, geometry: ConvGeometry, device: torch.device, dtype: torch.dtype) -> str:
     """The algorithm ``auto`` runs for this pass (a registered name)."""
     device = torch.device(device)
+    # ---- depthwise layers: the direct kernel, on every device that serves it
+    if is_depthwise(geometry) and "depthwise" in algorithms.REGISTRY and not algorithms.REGISTRY[
+            "depthwise"].not_supported_reasons(geometry, pass_name, device, dtype):
+        return "depthwise"
     if device.type == "cuda":
         choice = _cuda_rule(pass_name, geometry, dtype)
     elif device.type == "cpu":

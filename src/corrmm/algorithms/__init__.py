@@ -16,6 +16,7 @@ MODULES = [
     "fft",
     "implicit",
     "winograd",
+    "depthwise",
 ]
 
 REGISTRY: Dict[str, Algorithm] = {}
