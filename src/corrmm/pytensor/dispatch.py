@@ -29,29 +29,61 @@ def _constant_shape(node):
 
 # ---- Numba ------------------------------------------------------------------------------
 
+#: ops the compiled Numba functions call back into, by index (Numba passes the int, not the op)
+_NUMBA_OPS: list = []
+_NUMBA_OP_INDEX: dict = {}
+_NUMBA_CALLERS: dict = {}
+
+
+def _numba_op_index(op) -> int:
+    index = _NUMBA_OP_INDEX.get(op)
+    if index is None:
+        index = _NUMBA_OP_INDEX[op] = len(_NUMBA_OPS)
+        _NUMBA_OPS.append(op)
+    return index
+
+
+def _run_registered(index, *inputs):
+    return perform_numpy(_NUMBA_OPS[index], inputs)
+
+
 def _register_numba() -> None:
     import numba
     from pytensor.link.numba.dispatch.basic import get_numba_type, numba_funcify, numba_njit
 
+    def caller(out_type, n_inputs: int):
+        """One object-mode caller per (result type, arity), shared by every node: Numba compiles an
+        object-mode block slowly, and a graph has many corrmm nodes of few types."""
+        key = (str(out_type), n_inputs)
+        if key not in _NUMBA_CALLERS:
+            if n_inputs == 2:
+                @numba_njit
+                def call(index, a, b):
+                    with numba.objmode(out=out_type):
+                        out = _run_registered(index, a, b)
+                    return out
+            else:
+                @numba_njit
+                def call(index, a, b, shape):
+                    with numba.objmode(out=out_type):
+                        out = _run_registered(index, a, b, shape)
+                    return out
+            _NUMBA_CALLERS[key] = call
+        return _NUMBA_CALLERS[key]
+
     @numba_funcify.register(BaseCorrMM)
     def numba_funcify_corrmm(op, node, **kwargs):
-        out_type = get_numba_type(node.outputs[0].type)
-
-        def body(*inputs):
-            return perform_numpy(op, inputs)
+        call = caller(get_numba_type(node.outputs[0].type), len(node.inputs))
+        index = _numba_op_index(op)
 
         if len(node.inputs) == 2:
             @numba_njit
             def corrmm_pass(a, b):
-                with numba.objmode(out=out_type):
-                    out = body(a, b)
-                return out
+                return call(index, a, b)
         else:
             @numba_njit
             def corrmm_pass(a, b, shape):
-                with numba.objmode(out=out_type):
-                    out = body(a, b, shape)
-                return out
+                return call(index, a, b, shape)
         return corrmm_pass
 
 
