@@ -20,6 +20,9 @@ from corrmm.pytensor import CorrMM, CorrMM_gradInputs, CorrMM_gradWeights  # noq
 
 from .numpy_reference import grid_1d, grid_2d, grid_3d, reference, rng, tolerance  # noqa: E402
 
+# torch.compile (the PYTORCH backend) imports inductor, which triggers torch's own deprecation warning
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+
 GRIDS = {1: grid_1d(), 2: grid_2d(), 3: grid_3d()}
 
 HAS_JAX = importlib.util.find_spec("jax") is not None
@@ -30,10 +33,10 @@ HAS_JAX = importlib.util.find_spec("jax") is not None
 #: batches, kernels larger than the image all appear in each subset.
 BACKENDS = {
     "python": ("FAST_COMPILE", 1),
-    "cvm": ("CVM", 3),
-    "numba": ("NUMBA", 9),
-    "pytorch": ("PYTORCH", 9),
-    "jax": ("JAX", 3),
+    "cvm": ("CVM", 4),
+    "numba": ("NUMBA", 15),
+    "pytorch": ("PYTORCH", 20),
+    "jax": ("JAX", 4),
 }
 
 
@@ -104,4 +107,4 @@ def test_grid_matches_numpy(backend, ndim):
             if not error <= tolerance(dtype, int(reduction)):
                 failures.append(f"{case} {name} {dtype}: max error {error:.3g}")
     assert not failures, "\n".join(failures)
-    assert len(results) >= 3
+    assert len(results) >= 2

@@ -219,12 +219,21 @@ class BaseCorrMM(Op):
                              f"filters ({kernel_shape[0]})")
         return None
 
-    def _out_spatial(self, image_spatial, kernel_spatial):
-        """Symbolic (or int) output extents."""
+    def _out_spatial(self, image_spatial, kernel_spatial, dims=None):
+        """Symbolic (or int) output extents of the spatial dimensions ``dims`` (default: all)."""
+        dims = range(self.ndim) if dims is None else dims
+        full_kernel = [1] * self.ndim
+        for i, k in zip(dims, kernel_spatial):
+            full_kernel[i] = k
+        pads = self._pads(full_kernel)
         out = []
-        for n, k, (low, high), s, d in zip(image_spatial, kernel_spatial, self._pads(kernel_spatial),
-                                           self.subsample, self.filter_dilation):
-            out.append((n + low + high - ((k - 1) * d + 1)) // s + 1)
+        for i, n, k in zip(dims, image_spatial, kernel_spatial):
+            (low, high), s, d = pads[i], self.subsample[i], self.filter_dilation[i]
+            size = (n + low + high - ((k - 1) * d + 1)) // s + 1
+            if isinstance(size, int) and size < 1:
+                raise ValueError(f"{type(self).__name__}: dimension {i}: the padded input ({n} + {low} + {high}) is "
+                                 f"smaller than the dilated kernel ((k - 1) * d + 1 = {(k - 1) * d + 1})")
+            out.append(size)
         return out
 
     # -- the runtime body, shared by perform, the Numba object-mode call and (in torch) the PYTORCH backend
@@ -259,8 +268,9 @@ class CorrMM(BaseCorrMM):
         image = _merge_static(img.type.shape, self.imshp, "input_shape")
         kernel = _merge_static(kern.type.shape, self.kshp, "filter_shape")
         out = self._check_static(image, kernel)
-        if out is None:
-            spatial = [None] * self.ndim
+        if out is None:  # partly known: every extent whose image and kernel sizes are static
+            spatial = [None if n is None or k is None else self._out_spatial([n], [k], dims=[i])[0]
+                       for i, (n, k) in enumerate(zip(image[2:], kernel[2:]))]
             out = (image[0], kernel[0], *spatial)
         return Apply(self, [img, kern], [self._output(img.type.dtype, out)])
 
