@@ -20,7 +20,9 @@ specialize ("fast_run"):
   broadcast over a batch axis, a filter axis and a channel axis and summed over
   the channels (a multi-channel convolution written with single-channel
   convolutions) becomes one ``CorrMM``, when the static shapes show at least
-  ``SIGNAL_MIN_PAIRS`` image/kernel pairs (below that, scipy's loop is as fast).
+  ``SIGNAL_MIN_PAIRS`` image/kernel pairs (an unknown batch counts as one
+  image; below that, scipy's loop is as fast). In "valid" mode the spatial
+  sizes must be static too (scipy swaps the arguments when the kernel is larger).
   Exclude it by name to keep the signal graph
   (``mode.excluding("corrmm_signal_convolve")``).
 """
@@ -31,7 +33,9 @@ from typing import Optional
 import pytensor.tensor as pt
 from pytensor.graph.basic import Constant, Variable
 from pytensor.graph.rewriting.basic import node_rewriter
+from pytensor.tensor.basic import get_underlying_scalar_constant_value
 from pytensor.tensor.blockwise import Blockwise
+from pytensor.tensor.exceptions import NotScalarConstantError
 from pytensor.tensor.elemwise import DimShuffle
 from pytensor.tensor.math import Sum
 from pytensor.tensor.rewriting.basic import register_canonicalize, register_specialize
@@ -190,34 +194,58 @@ def _signal_axes(in1, in2, batch_ndim: int):
     return roles["image"], roles["filter"], roles["channel"]
 
 
-@register_specialize
+def _spatial_window(node, batch_ndim: int):
+    """The spatial slices of a Subtensor that keeps every batch axis whole, else None."""
+    entries = get_idx_list(node.inputs, node.op.idx_list)
+    for entry in entries[:batch_ndim]:
+        if not (isinstance(entry, slice) and entry.start is None and entry.stop is None
+                and _constant_value(entry.step) in (None, 1)):
+            return None
+    return tuple(entries[batch_ndim:])
+
+
+@register_canonicalize
 @node_rewriter([Sum])
 def corrmm_signal_convolve(fgraph, node):
     source = node.inputs[0]
+    window = None
+    if source.owner is not None and isinstance(source.owner.op, Subtensor):  # Sum(conv[..., window])
+        window_node, source = source.owner, source.owner.inputs[0]
+    else:
+        window_node = None
     if source.owner is None or not isinstance(source.owner.op, Blockwise):
         return None
     core = source.owner.op.core_op
-    if not isinstance(core, (Convolve1d, Convolve2d)):
+    if not isinstance(core, (Convolve1d, Convolve2d)) or len(source.owner.inputs) != 3:
         return None
     in1, in2, full_mode = source.owner.inputs
-    if not isinstance(full_mode, Constant) or in1.type.dtype != in2.type.dtype:
+    try:  # Blockwise hands the mode flag on expanded to the batch axes
+        full = bool(get_underlying_scalar_constant_value(full_mode))
+    except NotScalarConstantError:
+        return None
+    if in1.type.dtype != in2.type.dtype:
         return None
     if in1.type.dtype not in ("float32", "float64") or in1.type.ndim != in2.type.ndim:
         return None
     ndim = core.ndim
-    axes = _signal_axes(in1, in2, in1.type.ndim - ndim)
+    batch_ndim = in1.type.ndim - ndim
+    if window_node is not None:
+        window = _spatial_window(window_node, batch_ndim)
+        if window is None:
+            return None
+    axes = _signal_axes(in1, in2, batch_ndim)
     if axes is None or node.op.axis is None or tuple(node.op.axis) != (axes[2],):
         return None
     image_axis, filter_axis, channel_axis = axes
-    sizes = [in1.type.shape[image_axis], in2.type.shape[filter_axis], in1.type.shape[channel_axis]]
-    spatial1, spatial2 = in1.type.shape[3:], in2.type.shape[3:]
-    if None in sizes or None in spatial1 or None in spatial2:
-        return None  # the shapes decide both the pay-off and the valid mode's argument order
-    if sizes[0] * sizes[1] * sizes[2] < SIGNAL_MIN_PAIRS:
+    filters, channels = in2.type.shape[filter_axis], in1.type.shape[channel_axis]
+    if filters is None or channels is None:
         return None
-    full = bool(full_mode.data)
-    if not full and any(k > n for n, k in zip(spatial1, spatial2)):
-        return None  # scipy's valid mode swaps the arguments when the kernel is larger
+    images = in1.type.shape[image_axis]  # unknown: a batch, counted as one image
+    if filters * channels * (images or 1) < SIGNAL_MIN_PAIRS:
+        return None
+    spatial1, spatial2 = in1.type.shape[3:], in2.type.shape[3:]
+    if not full and not all(n is not None and k is not None and k <= n for n, k in zip(spatial1, spatial2)):
+        return None  # scipy's valid mode swaps the arguments when the kernel is larger: only static sizes say
     spatial = list(range(3, 3 + ndim))
     image = in1.dimshuffle(image_axis, channel_axis, *spatial)
     filters = in2.dimshuffle(filter_axis, channel_axis, *spatial)
@@ -225,6 +253,8 @@ def corrmm_signal_convolve(fgraph, node):
     kept = [a for a in (0, 1, 2) if a != channel_axis]  # the Sum's remaining batch axes, in order
     order = [0 if a == image_axis else 1 for a in kept]
     result = out.dimshuffle(*order, *range(2, 2 + ndim))
+    if window:
+        result = result[(slice(None), slice(None)) + window]
     if result.type.dtype != node.outputs[0].type.dtype:
         return None
     return [result]
