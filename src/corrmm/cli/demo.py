@@ -27,6 +27,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--algo", default="auto", help="corrmm algorithm for every layer (default auto)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--frontend", choices=("torch", "pytensor"), default="torch",
+                        help="pytensor: the network as a PyTensor graph on corrmm.pytensor, beside signal.convolve2d")
 
 
 def build_model(conv: Callable[..., nn.Module]) -> nn.Sequential:
@@ -130,6 +132,9 @@ def train_both(epochs: int = 10, device: str = "cpu", batch_size: int = 32, lr: 
 def run(args) -> int:
     if args.epochs < 1:
         raise SystemExit("corrmm demo: --epochs must be at least 1")
+    if args.frontend == "pytensor":
+        from ..pytensor.demo import run as run_pytensor
+        return run_pytensor(args)
     train_both(epochs=args.epochs, device=args.device, batch_size=args.batch_size, lr=args.lr, algo=args.algo,
                seed=args.seed, progress=not args.no_progress)
     return 0

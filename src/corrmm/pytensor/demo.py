@@ -155,5 +155,5 @@ def train_all(epochs: int = 10, batch_size: int = 32, lr: float = 0.05, momentum
 
 
 def run(args) -> int:
-    train_all(epochs=args.epochs, seed=args.seed, baseline_steps=getattr(args, "baseline_steps", 10))
+    train_all(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
     return 0

@@ -103,13 +103,13 @@ def _merge_static(static: Sequence[Optional[int]], hint: Optional[Sequence[Optio
     return tuple(merged)
 
 
-def _check_hint(op_name: str, hint, shape, what: str) -> None:
+def _check_hint(op, hint, shape, what: str) -> None:
     """Theano's run-time check of a shape hint against the array's shape."""
     if hint is None:
         return
     for dim, (h, s) in enumerate(zip(hint, shape)):
         if h is not None and h != s:
-            raise ValueError(f"{op_name}: the {what} given when the graph was built, {tuple(hint)}, disagrees with "
+            raise ValueError(f"{op}: the {what} given when the graph was built, {tuple(hint)}, disagrees with "
                              f"the array's shape {tuple(shape)} in dimension {dim} ({h} != {s})")
 
 
@@ -242,8 +242,8 @@ class BaseCorrMM(Op):
         raise NotImplementedError
 
     def check_hints(self, image_shape, kernel_shape) -> None:
-        _check_hint(str(self), self.imshp, image_shape, "input_shape")
-        _check_hint(str(self), self.kshp, kernel_shape, "filter_shape")
+        _check_hint(self, self.imshp, image_shape, "input_shape")
+        _check_hint(self, self.kshp, kernel_shape, "filter_shape")
 
     def perform(self, node, inputs, outputs):
         from .runtime import perform_numpy
