@@ -30,6 +30,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
+
 import pytensor.tensor as pt
 from pytensor.graph.basic import Constant, Variable
 from pytensor.graph.rewriting.basic import node_rewriter
@@ -194,6 +196,17 @@ def _signal_axes(in1, in2, batch_ndim: int):
     return roles["image"], roles["filter"], roles["channel"]
 
 
+def _constant_flag(var) -> Optional[bool]:
+    """The value of a constant boolean, which Blockwise hands on expanded to the batch axes (or folded)."""
+    if isinstance(var, Constant):
+        data = np.asarray(var.data)
+        return bool(data.flat[0]) if data.size and (data == data.flat[0]).all() else None
+    try:
+        return bool(get_underlying_scalar_constant_value(var))
+    except NotScalarConstantError:
+        return None
+
+
 def _spatial_window(node, batch_ndim: int):
     """The spatial slices of a Subtensor that keeps every batch axis whole, else None."""
     entries = get_idx_list(node.inputs, node.op.idx_list)
@@ -219,9 +232,8 @@ def corrmm_signal_convolve(fgraph, node):
     if not isinstance(core, (Convolve1d, Convolve2d)) or len(source.owner.inputs) != 3:
         return None
     in1, in2, full_mode = source.owner.inputs
-    try:  # Blockwise hands the mode flag on expanded to the batch axes
-        full = bool(get_underlying_scalar_constant_value(full_mode))
-    except NotScalarConstantError:
+    full = _constant_flag(full_mode)
+    if full is None:
         return None
     if in1.type.dtype != in2.type.dtype:
         return None
