@@ -21,9 +21,17 @@ from .runtime import perform_numpy
 
 
 def _constant_shape(node):
-    """The shape input's values when it is a graph constant, else None."""
-    if len(node.inputs) == 3 and isinstance(node.inputs[2], Constant):
+    """The shape input's values when the graph fixes them (a constant, or the result's static shape), else None.
+
+    Baked in, they spare torch.compile a graph break and JAX a traced shape.
+    """
+    if len(node.inputs) != 3:
+        return None
+    if isinstance(node.inputs[2], Constant):
         return [int(v) for v in node.inputs[2].data]
+    spatial = node.outputs[0].type.shape[2:]
+    if all(s is not None for s in spatial):
+        return [int(s) for s in spatial]
     return None
 
 
@@ -73,6 +81,9 @@ def _register_numba() -> None:
 
     @numba_funcify.register(BaseCorrMM)
     def numba_funcify_corrmm(op, node, **kwargs):
+        if node.outputs[0].type.dtype == "float16":
+            raise NotImplementedError(f"{op}: Numba has no float16 arrays; run float16 graphs with "
+                                      f"mode='FAST_COMPILE', 'CVM', 'PYTORCH' or 'JAX', or compute in float32")
         call = caller(get_numba_type(node.outputs[0].type), len(node.inputs))
         index = _numba_op_index(op)
 

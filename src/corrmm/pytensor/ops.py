@@ -39,12 +39,12 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import pytensor.tensor as pt
 from pytensor.gradient import DisconnectedType, disconnected_type
-from pytensor.graph.basic import Apply, Constant, Variable
+from pytensor.graph.basic import Apply, Variable
 from pytensor.graph.op import Op
 from pytensor.tensor.type import TensorType
 
 from .. import functional
-from ..geometry import (BORDER_MODE_NAMES, check_grad_output_shape, dilated_extent, make_geometry,
+from ..geometry import (BORDER_MODE_NAMES, check_grad_output_shape, make_geometry,
                         normalize_border_mode, normalize_ints)
 
 FLOAT_DTYPES = ("float16", "float32", "float64")

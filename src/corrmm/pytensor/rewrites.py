@@ -6,7 +6,18 @@ canonicalize (every mode that runs "fast_run" or "fast_compile"):
   (``w[:, :, ::-1, ::-1]``, Theano's way of writing a convolution) takes the
   unflipped kernel and toggles ``filter_flip`` — both flips disappear;
 - ``corrmm_flip_weight_gradient``: the flip of a ``CorrMM_gradWeights`` result
-  is the same op with ``filter_flip`` toggled.
+  is the same op with ``filter_flip`` toggled;
+- ``corrmm_signal_convolve``: ``pytensor.tensor.signal.convolve1d/convolve2d``
+  broadcast over an image axis, a filter axis and a channel axis and summed
+  over the channels (a multi-channel convolution written with single-channel
+  ones), optionally windowed in its spatial axes, becomes one ``CorrMM`` when
+  the static shapes show at least ``SIGNAL_MIN_PAIRS`` image/kernel pairs (an
+  unknown batch counts as one image; below that, scipy's loop is as fast). In
+  "valid" mode the spatial sizes must be static too (scipy swaps the arguments
+  when the kernel is larger). Exclude it by name to keep the signal graph
+  (``mode.excluding("corrmm_signal_convolve")``). The gradient graphs PyTensor
+  derives from such a convolution materialise the broadcast cotangent and lose
+  the static spatial sizes, so they keep their signal convolutions.
 
 specialize ("fast_run"):
 
@@ -15,16 +26,7 @@ specialize ("fast_run"):
   output gradient, transposed back; that chain becomes ``CorrMM_gradWeights``;
 - ``corrmm_full_transposed_kernel``: a full-mode correlation or convolution of
   an output gradient with a batch/channel-transposed kernel is the input
-  gradient of the valid forward pass; it becomes ``CorrMM_gradInputs``;
-- ``corrmm_signal_convolve``: ``pytensor.tensor.signal.convolve1d/convolve2d``
-  broadcast over a batch axis, a filter axis and a channel axis and summed over
-  the channels (a multi-channel convolution written with single-channel
-  convolutions) becomes one ``CorrMM``, when the static shapes show at least
-  ``SIGNAL_MIN_PAIRS`` image/kernel pairs (an unknown batch counts as one
-  image; below that, scipy's loop is as fast). In "valid" mode the spatial
-  sizes must be static too (scipy swaps the arguments when the kernel is larger).
-  Exclude it by name to keep the signal graph
-  (``mode.excluding("corrmm_signal_convolve")``).
+  gradient of the valid forward pass; it becomes ``CorrMM_gradInputs``.
 """
 from __future__ import annotations
 
@@ -46,7 +48,8 @@ from pytensor.tensor.subtensor import Subtensor, get_idx_list
 
 from .ops import BaseCorrMM, CorrMM, CorrMM_gradInputs, CorrMM_gradWeights
 
-#: fewest (image, kernel) pairs for which one CorrMM beats the Blockwise scipy loop (measured: README)
+#: fewest (image, kernel) pairs for which one CorrMM beats the Blockwise scipy loop: 1.7-3.9x at 4 pairs over
+#: 2 channels, 1.0-1.2x below (README, "PyTensor")
 SIGNAL_MIN_PAIRS = 4
 
 
