@@ -20,8 +20,10 @@ from corrmm.pytensor import CorrMM, CorrMM_gradInputs, CorrMM_gradWeights  # noq
 
 from .numpy_reference import grid_1d, grid_2d, grid_3d, reference, rng, tolerance  # noqa: E402
 
-# torch.compile (the PYTORCH backend) imports inductor, which triggers torch's own deprecation warning
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+# torch.compile (the PYTORCH backend) imports inductor, which triggers torch's own deprecation warning, and
+# PyTensor's PYTORCH linker hands torch read-only constants
+pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore:The given NumPy array is not writable:UserWarning")]
 
 GRIDS = {1: grid_1d(), 2: grid_2d(), 3: grid_3d()}
 

@@ -194,3 +194,23 @@ def test_pushforward_matches_the_bilinear_rule():
                 reference(case, txv, wv, dyv)[2] + reference(case, xv, wv, tdyv)[2]]
     for out, ref in zip(got, expected):
         np.testing.assert_allclose(out, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", ["JAX", "PYTORCH"])
+def test_gradients_with_shapes_known_only_at_run_time(backend):
+    """pytensor.grad's shape inputs are x.shape[2:], not constants: JAX gets them as a tuple of ints (a
+    JAX-only rewrite), PyTorch reads them from the result's static shape or at run time."""
+    if backend == "JAX":
+        pytest.importorskip("jax", reason="jax is optional (pip install jax)")
+    x, w = pt.tensor4("x"), pt.tensor4("w")
+    y = conv2d(x, w, border_mode="half", subsample=(2, 1))
+    grads = pytensor.grad((y ** 2).sum(), [x, w])
+    values = _xw((2, 3, 7, 6), (4, 3, 3, 2))
+    with warnings.catch_warnings():
+        # torch's own deprecation notice, and PyTensor's PYTORCH linker handing torch read-only constants
+        warnings.filterwarnings("ignore", message="`torch.jit.script_method` is deprecated")
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        got = pytensor.function([x, w], grads, mode=backend)(*values)
+    expected = pytensor.function([x, w], grads, mode=PY)(*values)
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
