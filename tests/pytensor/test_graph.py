@@ -214,3 +214,19 @@ def test_gradients_with_shapes_known_only_at_run_time(backend):
     expected = pytensor.function([x, w], grads, mode=PY)(*values)
     for a, b in zip(got, expected):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_numpy_to_torch_hand_off_shares_memory():
+    from corrmm.pytensor.runtime import as_torch
+
+    a = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+    strided = a[:, :, ::2]
+    read_only = a.copy()
+    read_only.flags.writeable = False
+    for array in (a, strided, read_only):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            tensor = as_torch(array)
+        assert np.shares_memory(tensor.numpy(), array) and tensor.shape == array.shape
+    flipped = a[:, :, ::-1]  # torch has no negative strides: the one case that copies
+    np.testing.assert_array_equal(as_torch(flipped).numpy(), flipped)
