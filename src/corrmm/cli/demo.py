@@ -34,6 +34,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the data split (default 0)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar (it is drawn on stderr, and only when stderr is a terminal)")
+    parser.add_argument("--frontend", choices=("torch", "pytensor"), default="torch",
+                        help="torch: corrmm.nn layers beside torch's (default); pytensor: the network as a "
+                             "PyTensor graph on corrmm.pytensor, beside signal.convolve2d")
 
 
 def build_model(conv: Callable[..., nn.Module]) -> nn.Sequential:
@@ -152,6 +155,9 @@ def run(args) -> int:
     usage.at_least("--epochs", args.epochs, 1)
     usage.at_least("--batch-size", args.batch_size, 1)
     usage.positive("--lr", args.lr)
+    if args.frontend == "pytensor":
+        from ..pytensor.demo import run as run_pytensor
+        return run_pytensor(args)
     device = usage.device(args.device)
     check_algo_serves_the_network(args.algo, device)
     train_both(epochs=args.epochs, device=device, batch_size=args.batch_size, lr=args.lr, algo=args.algo,
