@@ -33,7 +33,7 @@ def test_only_the_test_extra_brings_triton():
     text = (ROOT / "pyproject.toml").read_text()  # (tomllib is Python 3.11+; these lines are plain lists)
 
     def requirements(key):
-        return ast.literal_eval(re.search(rf"^{key} = (\[.*\])$", text, re.MULTILINE).group(1))
+        return ast.literal_eval(re.search(rf"^{key} = (\[.*?\])$", text, re.MULTILINE | re.DOTALL).group(1))
 
     def mentions_triton(key):
         return any(r.lower().startswith("triton") for r in requirements(key))
