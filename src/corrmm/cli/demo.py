@@ -19,6 +19,7 @@ from torch import nn
 import corrmm
 
 from ..algorithms import CHOOSERS
+from ..digits import load_digits_tensors
 from . import usage
 
 
@@ -51,21 +52,6 @@ def build_model(conv: Callable[..., nn.Module]) -> nn.Sequential:
         conv(64, 128, 1), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10),
     )
-
-
-def load_digits_tensors(seed: int, device: torch.device, test_fraction: float = 0.2):
-    """(x_train, y_train, x_test, y_test): images (N, 1, 8, 8) standardised with the training statistics."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1)
-    y = torch.tensor(digits.target, dtype=torch.long)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    n_test = int(len(x) * test_fraction)
-    test, train = order[:n_test], order[n_test:]
-    mean, std = x[train].mean(), x[train].std()
-    x = (x - mean) / std
-    return x[train].to(device), y[train].to(device), x[test].to(device), y[test].to(device)
 
 
 def _sync(device: torch.device) -> None:

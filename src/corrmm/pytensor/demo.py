@@ -101,7 +101,7 @@ def train_all(epochs: int = 10, batch_size: int = 32, lr: float = 0.05, momentum
     """
     import pytensor
 
-    from ..cli.demo import load_digits_tensors
+    from ..digits import load_digits_tensors
 
     x_train, y_train, x_test, y_test = (t.numpy() for t in load_digits_tensors(seed, "cpu"))
     x_train, x_test = x_train.astype("float32"), x_test.astype("float32")
