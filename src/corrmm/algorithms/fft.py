@@ -72,7 +72,7 @@ import torch.nn.functional as F
 
 from .. import config
 from ..geometry import ConvGeometry
-from .base import Algorithm
+from .base import Algorithm, all_finite  # noqa: F401  (all_finite: tests import it from here)
 from .im2col import ALGORITHM as DIRECT
 from .patches import batch_chunks
 
@@ -149,16 +149,6 @@ def _bytes_per_image(g: ConvGeometry, lengths: Sequence[int], dtype: torch.dtype
     freqs = math.prod(lengths[:-1]) * (lengths[-1] // 2 + 1)
     channels = g.in_channels + g.out_channels
     return channels * (2 * freqs * 2 * real + math.prod(lengths) * real)
-
-
-def all_finite(*tensors: torch.Tensor) -> bool:
-    """True when no element of the tensors is NaN or ±Inf (False also when a sum overflows: harmless)."""
-    if tensors[0].device.type == "meta":
-        return True  # shapes only: nothing to read
-    if tensors[0].is_cuda and torch.cuda.is_current_stream_capturing():
-        return True  # no device-to-host read during capture (see the module docstring)
-    total = sum(t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32) for t in tensors)
-    return bool(torch.isfinite(total))
 
 
 class FFT(Algorithm):

@@ -71,7 +71,8 @@ import torch
 
 from .. import config
 from ..geometry import ConvGeometry
-from .base import Algorithm
+from .base import Algorithm, all_finite
+from .im2col import ALGORITHM as DIRECT
 from .patches import batch_chunks, pad_or_crop
 
 TAPS = 3
@@ -290,7 +291,12 @@ class Winograd(Algorithm):
             reasons.append(f"winograd needs dilation 1, got filter_dilation {geometry.dilation}")
         return reasons
 
+    # A tile transform mixes neighbouring values (Inf - Inf = NaN), so a NaN or Inf would reach
+    # outputs that torch's convolution keeps finite: such operands take im2col, as in fft.
+
     def forward(self, input, weight, g: ConvGeometry):
+        if not all_finite(input, weight):
+            return DIRECT.forward(input, weight, g)
         dtype = compute_dtype(input.dtype)
         tile = choose_tile(g.out_size, input.dtype)
         u = _filter_transform(weight.to(dtype), tile, g.groups)
@@ -299,6 +305,8 @@ class Winograd(Algorithm):
         return y
 
     def grad_input(self, weight, grad_output, g: ConvGeometry):
+        if not all_finite(weight, grad_output):
+            return DIRECT.grad_input(weight, grad_output, g)
         dtype = compute_dtype(grad_output.dtype)
         tile = choose_tile(g.in_size, grad_output.dtype)
         ndim = g.ndim
@@ -312,6 +320,8 @@ class Winograd(Algorithm):
         return dx
 
     def grad_weight(self, input, grad_output, g: ConvGeometry):
+        if not all_finite(input, grad_output):
+            return DIRECT.grad_weight(input, grad_output, g)
         dtype = compute_dtype(input.dtype)
         tile = choose_tile(g.out_size, input.dtype)
         a_nd = (tile + TAPS - 1) ** g.ndim
