@@ -22,6 +22,8 @@ LAYERS = {
     "R4": ((64, 256, 14, 14), (256, 256, 3, 3), 1, 1),
     # grouped, 3-D and few-channel layers (PERFORMANCE.md, "grouped, 3-D, small-channel")
     "G8": ((64, 256, 28, 28), (256, 8, 3, 3), 1, 1, 32),
+    "A1": ((64, 1, 16000), (128, 1, 80), 0, 4),
+    "DW2": ((64, 144, 56, 56), (144, 1, 3, 3), 1, 2, 144),
     "V3": ((8, 64, 16, 56, 56), (128, 64, 3, 3, 3), 1, 1),
     "T1": ((64, 1, 128, 512), (64, 1, 128, 8), 0, 1),
 }
@@ -37,7 +39,7 @@ def _geometry(name):
     ("R1", torch.bfloat16, "forward", "implicit"),
     ("L1", torch.float32, "forward", "im2col"),
     ("R1", torch.float32, "forward", "im2col"),
-    ("L4", torch.float32, "grad_weight", "fft"),
+    ("L4", torch.float32, "grad_weight", "implicit"),  # v7: the v6 kernel beats fft at 7x7
     ("L4", torch.float32, "grad_input", "fft"),
     ("L4", torch.bfloat16, "grad_input", "implicit"),
     ("L3", torch.bfloat16, "forward", "implicit"),
@@ -63,6 +65,11 @@ def _geometry(name):
     ("R1", torch.float32, "grad_weight", "im2col"),
     ("R3", torch.bfloat16, "forward", "gemm1x1"),
     ("R3", torch.float32, "grad_weight", "gemm1x1"),
+    ("R3", torch.bfloat16, "grad_weight", "implicit"),  # v7
+    ("A1", torch.bfloat16, "forward", "implicit"),      # v7: one channel, 80 taps, stride 4
+    ("DW2", torch.bfloat16, "forward", "implicit"),     # v7: stride-2 depthwise
+    ("DW2", torch.bfloat16, "grad_input", "implicit"),
+    ("DW2", torch.bfloat16, "grad_weight", "depthwise"),
 ])
 def test_cuda_rule_follows_the_measurements(name, dtype, pass_name, expected, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)

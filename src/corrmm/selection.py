@@ -95,8 +95,14 @@ def _is_plain_gemm(g: ConvGeometry) -> bool:
             and all(d == 1 for d in g.dilation) and all(p == (0, 0) for p in g.padding))
 
 
+#: refits from the 2026-11-25 device run (PERFORMANCE.md, "v7"), bf16 unless said
+SIXTEEN_BIT = (torch.float16, torch.bfloat16)
+
+
 def _cuda_rule(pass_name: str, g: ConvGeometry, dtype: torch.dtype) -> str:
     if _is_plain_gemm(g):
+        if pass_name == "grad_weight" and dtype in SIXTEEN_BIT:
+            return "implicit"  # R3 (1x1, 256 -> 64, 56²): 0.167 ms against gemm1x1's 0.393
         return "gemm1x1"
     taps = math.prod(g.kernel)
     few_channels = g.channels_per_group < FEW_CHANNELS
@@ -111,14 +117,16 @@ def _cuda_rule(pass_name: str, g: ConvGeometry, dtype: torch.dtype) -> str:
     if pass_name == "forward":
         if few_channels and dtype in (torch.float32, torch.float64):
             return "im2col"
-        if large_kernel:
+        if large_kernel and not few_channels:  # S2; one-channel audio (A1, 80 taps): implicit 6.9x swapped
             return "swapped"
         return "fft" if fft_fits and tf32 else "implicit"
     if pass_name == "grad_input":
         return "fft" if tf32_gradient_fft or (fft_fits and (few_channels or large_kernel)) else "implicit"
     if pass_name == "grad_weight":
         if tf32_gradient_fft and not few_channels and not large_kernel:  # S2 (5x5 output): im2col, 1.7x
-            return "fft"
+            # 9x9 and up (L2, L3: fft 3.6x and 3.3x im2col); at 7x7 the v6 kernel beats it (L4: 0.49 ms
+            # against fft's 0.97 and im2col's 0.61)
+            return "fft" if taps >= FFT_MIN_TAPS else "implicit"
         if dtype == torch.float32 and few_channels and unit_steps:
             return "implicit"  # L1 in TF32: K-major pixels-inner tiles, 47 TFLOP/s against im2col's 29 (v6)
         if dtype in (torch.float32, torch.float64):
@@ -210,6 +218,14 @@ def auto_choice(pass_name: str, geometry: ConvGeometry, device: torch.device, dt
     # ---- depthwise layers: the direct kernel, on every device that serves it
     if is_depthwise(geometry) and "depthwise" in algorithms.REGISTRY and not algorithms.REGISTRY[
             "depthwise"].not_supported_reasons(geometry, pass_name, device, dtype):
+        strided = any(s > 1 for s in geometry.stride)
+        one_filter_per_channel = geometry.out_channels == geometry.in_channels
+        if (device.type == "cuda" and strided and one_filter_per_channel and pass_name != "grad_weight"
+                and geometry.ndim <= 2
+                and not algorithms.REGISTRY["implicit"].not_supported_reasons(geometry, pass_name, device, dtype)):
+            # MobileNetV2's stride-2 depthwise layer (144 ch, 56² -> 28², bf16): the implicit kernels
+            # 0.103 / 0.159 ms forward / grad_input against depthwise's 0.152 / 0.365
+            return "implicit"
         return "depthwise"
     if device.type == "cuda":
         choice = _cuda_rule(pass_name, geometry, dtype)
