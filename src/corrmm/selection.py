@@ -29,8 +29,8 @@ cpu-small suite and the demo's layers; PERFORMANCE.md, "CPU"):
   torch's fold);
 * forward and grad_weight: im2col, or swapped where the seed's large-kernel test
   holds (for the forward pass, only with 16+ channels per group);
-* depthwise layers: a ``depthwise`` algorithm where one is registered, else fft
-  at stride 1.
+* depthwise layers: the ``depthwise`` algorithm (below): on C6, 2.4-3.4 ms a pass
+  against 23-27 ms for fft, the best of the GEMM algorithms there.
 
 **On CUDA**, fitted to ``corrmm bench`` on an H100 (bf16 and TF32, the
 convnet suite; PERFORMANCE.md has the table):
@@ -59,7 +59,9 @@ convnet suite; PERFORMANCE.md has the table):
 **Depthwise layers** (groups = channels > 1), on the CPU and CUDA alike: the
 ``depthwise`` algorithm, before either rule above (a direct kernel with R·S
 multiply-adds per element; the GEMM algorithms' reductions would have length
-R·S; PERFORMANCE.md, "depthwise").
+R·S; PERFORMANCE.md, "depthwise"). On CUDA a stride-2 layer with one filter per
+channel takes the implicit kernels for its forward and input-gradient passes
+(MobileNetV2's: 1.5x and 2.3x depthwise's kernels, PERFORMANCE.md "v7").
 """
 from __future__ import annotations
 
@@ -182,12 +184,6 @@ def _winograd_fits(g: ConvGeometry) -> bool:
 
 
 def _cpu_rule(pass_name: str, g: ConvGeometry) -> str:
-    unit_steps = all(s == 1 for s in g.stride) and all(d == 1 for d in g.dilation)
-    if g.groups > 1 and g.channels_per_group == 1:  # depthwise
-        if "depthwise" in algorithms.REGISTRY:
-            return "depthwise"
-        if unit_steps:
-            return "fft"  # C6: 2x-5.7x im2col and swapped, whose GEMMs are 1-channel thin
     if _is_plain_gemm(g):
         if pass_name == "grad_weight" and math.prod(g.out_size) < SMALL_1X1_OUTPUT:
             return "im2col"  # D4: 1.3x gemm1x1's per-image products
