@@ -184,14 +184,10 @@ def run(args) -> int:
         return bench_models.run(args)
     try:
         suite_name, layers, plan = _plan(args)
+        usage.torch_threads(args.threads)
     except (_UsageError, ValueError) as err:
         print(f"corrmm bench: error: {err}", file=sys.stderr)
         return 2
-    if args.threads is not None:
-        if args.threads < 1:
-            print(f"corrmm bench: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
-            return 2
-        torch.set_num_threads(args.threads)
     env = runner.environment(plan.device)
     torch_label = "torch"
     print(f"corrmm {env['corrmm']} bench on {env['device']} ({plan.device}); torch {env['torch']}, "

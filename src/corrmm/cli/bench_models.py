@@ -18,6 +18,7 @@ import corrmm
 
 from ..bench import models as model_bench
 from ..bench.runner import environment
+from . import usage
 
 #: layer-bench options that mean nothing to the model bench
 LAYER_ONLY = {"suite": "--suite", "layers": "--layers", "algos": "--algos", "passes": "--passes",
@@ -96,14 +97,10 @@ def _progress_line(item) -> str:
 def run(args) -> int:
     try:
         plan = _plan(args)
-    except (ValueError, model_bench.MissingTorchvision) as err:
+        usage.torch_threads(args.threads)
+    except (ValueError, usage.UsageError, model_bench.MissingTorchvision) as err:
         print(f"corrmm bench: error: {err}", file=sys.stderr)
         return 2
-    if args.threads is not None:
-        if args.threads < 1:
-            print(f"corrmm bench: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
-            return 2
-        torch.set_num_threads(args.threads)
     env = environment(plan.device)
     print(f"corrmm {env['corrmm']} model bench on {env['device']} ({plan.device}); torch {env['torch']}, "
           f"triton {env['triton']}, torch's convolution: {env['torch_backend']}")

@@ -49,3 +49,9 @@ def writable_file(option: str, path: str) -> str:
     if not os.access(folder, os.W_OK):
         raise UsageError(f"{option} {path}: the folder {folder} is not writable")
     return path
+
+
+def torch_threads(count) -> None:
+    """``--threads``: torch's CPU thread count (``torch.set_num_threads``), at least 1; None leaves it."""
+    if count is not None:
+        torch.set_num_threads(at_least("--threads", count, 1))
