@@ -20,7 +20,7 @@ import torch
 
 import corrmm
 from corrmm.algorithms import REGISTRY
-from corrmm.algorithms.fft import all_finite
+from corrmm.algorithms.non_finite import all_finite
 from corrmm.geometry import make_geometry
 
 from tests.reference import DEVICE, INTERPRETED, reference_corr, seeded_generator
@@ -132,17 +132,17 @@ def test_auto_and_tune_give_torch_placement_whatever_they_pick(algo, tmp_path, m
 
 def test_fft_on_finite_operands_still_computes_in_frequency(monkeypatch):
     """The detour is taken only for non-finite operands (the control of the test above)."""
-    from corrmm.algorithms import fft
+    from corrmm.algorithms import non_finite
 
     calls = []
-    direct = fft.DIRECT
+    direct = non_finite.DIRECT
 
     class Spy:
         def forward(self, *args):
             calls.append(args)
             return direct.forward(*args)
 
-    monkeypatch.setattr(fft, "DIRECT", Spy())
+    monkeypatch.setattr(non_finite, "DIRECT", Spy())
     x, w = torch.randn(1, 2, 8, 8, dtype=torch.float64), torch.randn(3, 2, 3, 3, dtype=torch.float64)
     corrmm.corr2d(x, w, algo="fft")
     assert not calls

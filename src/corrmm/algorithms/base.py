@@ -69,13 +69,3 @@ class Algorithm:
 
     def __repr__(self) -> str:
         return f"<corrmm algorithm {self.name!r}>"
-
-
-def all_finite(*tensors: torch.Tensor) -> bool:
-    """True when no element of the tensors is NaN or ±Inf (False also when a sum overflows: harmless)."""
-    if tensors[0].device.type == "meta":
-        return True  # shapes only: nothing to read
-    if tensors[0].is_cuda and torch.cuda.is_current_stream_capturing():
-        return True  # no device-to-host read during capture (see the module docstring)
-    total = sum(t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32) for t in tensors)
-    return bool(torch.isfinite(total))

@@ -49,14 +49,8 @@ Precision: float16/bfloat16 are computed in float32 (complex64) and cast back
 much); float32 in complex64; float64 in complex128.
 
 Non-finite values: a frequency-domain product spreads one NaN or Inf over the whole
-output plane (every frequency mixes every position), where a direct convolution
-confines it to the outputs whose window covers it. So each pass first checks its
-operands with one reduction (the sum of each operand is finite exactly when every
-element is, up to an overflow that only costs a needless detour): if any element
-is NaN or ±Inf the pass runs im2col instead, whose NaN/Inf placement is torch's.
-On a GPU the check reads one number back to the host (a synchronisation); while a
-CUDA graph is being captured no such read is allowed, so there it is skipped and
-a non-finite operand gives a NaN plane.
+output plane (every frequency mixes every position), so each pass runs im2col
+instead when an operand holds one (:mod:`corrmm.algorithms.non_finite`).
 
 Memory: the batch is processed in chunks whose spectra and transposed copies fit
 the workspace cap (:func:`corrmm.config.workspace_limit`); the weight's spectrum
@@ -72,8 +66,8 @@ import torch.nn.functional as F
 
 from .. import config
 from ..geometry import ConvGeometry
-from .base import Algorithm, all_finite  # noqa: F401  (all_finite: tests import it from here)
-from .im2col import ALGORITHM as DIRECT
+from .base import Algorithm
+from .non_finite import direct_when_non_finite
 from .patches import batch_chunks
 
 
@@ -163,9 +157,8 @@ class FFT(Algorithm):
             reasons.append(f"fft needs dilation 1, got filter_dilation {geometry.dilation}")
         return reasons
 
+    @direct_when_non_finite
     def forward(self, input, weight, g: ConvGeometry):
-        if not all_finite(input, weight):
-            return DIRECT.forward(input, weight, g)
         lengths = fft_sizes(g)
         # conj(W'[f]) as (G, F, Cg, Kg): the conjugate makes the product a correlation
         w_spec = _kernel_spectrum(weight, g, lengths).transpose(2, 3).conj().resolve_conj().contiguous()
@@ -175,9 +168,8 @@ class FFT(Algorithm):
             y[start:start + n] = _crop(_inverse(torch.matmul(x_spec, w_spec), lengths), g.out_size)
         return y
 
+    @direct_when_non_finite
     def grad_input(self, weight, grad_output, g: ConvGeometry):
-        if not all_finite(weight, grad_output):
-            return DIRECT.grad_input(weight, grad_output, g)
         lengths = fft_sizes(g)
         w_spec = _kernel_spectrum(weight, g, lengths).contiguous()  # (G, F, Kg, Cg)
         dx = config.new_output(grad_output, g.input_shape)
@@ -186,9 +178,8 @@ class FFT(Algorithm):
             dx[start:start + n] = _crop(_inverse(torch.matmul(dy_spec, w_spec), lengths), g.in_size)
         return dx
 
+    @direct_when_non_finite
     def grad_weight(self, input, grad_output, g: ConvGeometry):
-        if not all_finite(input, grad_output):
-            return DIRECT.grad_weight(input, grad_output, g)
         lengths = fft_sizes(g)
         total = None
         for start, n in batch_chunks(g.batch, _bytes_per_image(g, lengths, input.dtype)):

@@ -71,8 +71,8 @@ import torch
 
 from .. import config
 from ..geometry import ConvGeometry
-from .base import Algorithm, all_finite
-from .im2col import ALGORITHM as DIRECT
+from .base import Algorithm
+from .non_finite import direct_when_non_finite
 from .patches import batch_chunks, pad_or_crop
 
 TAPS = 3
@@ -291,12 +291,9 @@ class Winograd(Algorithm):
             reasons.append(f"winograd needs dilation 1, got filter_dilation {geometry.dilation}")
         return reasons
 
-    # A tile transform mixes neighbouring values (Inf - Inf = NaN), so a NaN or Inf would reach
-    # outputs that torch's convolution keeps finite: such operands take im2col, as in fft.
-
+    # a tile transform mixes neighbouring values (Inf - Inf = NaN): see algorithms.non_finite
+    @direct_when_non_finite
     def forward(self, input, weight, g: ConvGeometry):
-        if not all_finite(input, weight):
-            return DIRECT.forward(input, weight, g)
         dtype = compute_dtype(input.dtype)
         tile = choose_tile(g.out_size, input.dtype)
         u = _filter_transform(weight.to(dtype), tile, g.groups)
@@ -304,9 +301,8 @@ class Winograd(Algorithm):
         _correlate(input.to(dtype), u, g.padding, g.out_size, tile, y)
         return y
 
+    @direct_when_non_finite
     def grad_input(self, weight, grad_output, g: ConvGeometry):
-        if not all_finite(weight, grad_output):
-            return DIRECT.grad_input(weight, grad_output, g)
         dtype = compute_dtype(grad_output.dtype)
         tile = choose_tile(g.in_size, grad_output.dtype)
         ndim = g.ndim
@@ -319,9 +315,8 @@ class Winograd(Algorithm):
         _correlate(grad_output.to(dtype), u, full, g.in_size, tile, dx)
         return dx
 
+    @direct_when_non_finite
     def grad_weight(self, input, grad_output, g: ConvGeometry):
-        if not all_finite(input, grad_output):
-            return DIRECT.grad_weight(input, grad_output, g)
         dtype = compute_dtype(input.dtype)
         tile = choose_tile(g.out_size, input.dtype)
         a_nd = (tile + TAPS - 1) ** g.ndim
