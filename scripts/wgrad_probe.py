@@ -22,21 +22,8 @@ import math
 import torch
 
 import corrmm
+from kernel_probe import LAYERS  # the DESIGN layers (scripts/ is on sys.path when a script runs)
 
-LAYERS = {  # DESIGN.md section 5: (C, H, W, K, kernel, batch, stride, pad)
-    "L1": (3, 128, 128, 96, 11, 128, 1, 0),
-    "L2": (64, 64, 64, 128, 9, 128, 1, 0),
-    "L3": (128, 32, 32, 128, 9, 128, 1, 0),
-    "L4": (128, 16, 16, 128, 7, 128, 1, 0),
-    "L5": (384, 13, 13, 384, 3, 128, 1, 0),
-    "S1": (64, 32, 32, 128, 5, 32, 1, 0),
-    "S2": (64, 32, 32, 128, 28, 32, 1, 0),
-    "R1": (3, 224, 224, 64, 7, 64, 2, 3),
-    "R2": (64, 56, 56, 64, 3, 64, 1, 1),
-    "R3": (256, 56, 56, 64, 1, 64, 1, 0),
-    "R4": (256, 14, 14, 256, 3, 64, 1, 1),
-    "R5": (512, 7, 7, 512, 3, 64, 1, 1),
-}
 DTYPES = {"bf16": torch.bfloat16, "tf32": torch.float32, "fp32": torch.float32, "fp16": torch.float16}
 
 
