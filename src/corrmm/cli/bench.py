@@ -238,12 +238,9 @@ def run(args) -> int:
         report.write_json(args.json, report.to_json(env, settings, runs, layers, measurements, rows))
         print(f"wrote {args.json}")
     if args.plot:
-        try:
-            report.write_plot(args.plot, rows, plan.dtypes, plan.passes, plan.candidates,
-                              f"corrmm vs {env['torch_backend']} on {env['device']}, suite {suite_name}")
-            print(f"wrote {args.plot}")
-        except ImportError as err:
-            print(f"corrmm bench: no plot ({err}); install matplotlib", file=sys.stderr)
+        title = f"corrmm vs {env['torch_backend']} on {env['device']}, suite {suite_name}"
+        usage.plot_or_say_why(args.plot, lambda path: report.write_plot(path, rows, plan.dtypes, plan.passes,
+                                                                         plan.candidates, title))
     if interrupted:
         return 130
     return 1 if problems else 0

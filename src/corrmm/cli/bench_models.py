@@ -150,12 +150,8 @@ def run(args) -> int:
         write_json(args.json, model_bench.to_json(env, settings, plan, measurements, checks, rows))
         print(f"wrote {args.json}")
     if args.plot:
-        try:
-            model_bench.write_plot(args.plot, rows, plan.dtypes,
-                                   f"corrmm vs torch ({env['torch_backend']}), training steps on {env['device']}")
-            print(f"wrote {args.plot}")
-        except ImportError as err:
-            print(f"corrmm bench: no plot ({err}); install matplotlib", file=sys.stderr)
+        title = f"corrmm vs torch ({env['torch_backend']}), training steps on {env['device']}"
+        usage.plot_or_say_why(args.plot, lambda path: model_bench.write_plot(path, rows, plan.dtypes, title))
     if interrupted:
         return 130
     return 1 if problems else 0

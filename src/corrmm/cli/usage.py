@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 
 import torch
 
@@ -55,3 +56,12 @@ def torch_threads(count) -> None:
     """``--threads``: torch's CPU thread count (``torch.set_num_threads``), at least 1; None leaves it."""
     if count is not None:
         torch.set_num_threads(at_least("--threads", count, 1))
+
+
+def plot_or_say_why(path: str, draw) -> None:
+    """``--plot``: ``draw(path)`` writes the figure; without matplotlib the run goes on and says so."""
+    try:
+        draw(path)
+        print(f"wrote {path}")
+    except ImportError as err:
+        print(f"corrmm bench: no plot ({err}); install matplotlib", file=sys.stderr)
