@@ -93,7 +93,7 @@ def _prune(configs, named_args, **kwargs):
 # ---- forward ----------------------------------------------------------------------------
 
 @triton.autotune(configs=_configs(), key=["PIX_BUCKET", "C_BUCKET", "MULTIPLIER_ONE"],
-                 prune_configs_by={"early_config_prune": _prune})
+                 prune_configs_by={"early_config_prune": _prune}, **common.TUNER_OPTIONS)
 @triton.jit
 def depthwise_forward_kernel(
     # pointers
@@ -161,7 +161,7 @@ def depthwise_forward_kernel(
 # ---- grad_input -------------------------------------------------------------------------
 
 @triton.autotune(configs=_configs(), key=["PIX_BUCKET", "C_BUCKET", "MULTIPLIER_ONE", "STRIDE_BUCKET"],
-                 prune_configs_by={"early_config_prune": _prune})
+                 prune_configs_by={"early_config_prune": _prune}, **common.TUNER_OPTIONS)
 @triton.jit
 def depthwise_grad_input_kernel(
     # pointers
@@ -241,7 +241,7 @@ def _keep_channel_tile(configs, named_args, **kwargs):
 
 
 @triton.autotune(configs=_grad_weight_configs(), key=["C_TILE"],
-                 prune_configs_by={"early_config_prune": _keep_channel_tile})
+                 prune_configs_by={"early_config_prune": _keep_channel_tile}, **common.TUNER_OPTIONS)
 @triton.jit
 def depthwise_grad_weight_kernel(
     # pointers (partial: (chunks, R·S, K) in the accumulator's dtype)

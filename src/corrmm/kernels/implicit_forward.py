@@ -65,7 +65,7 @@ FORWARD_CONFIGS = common.make_configs(common.DIRECT_TILES + common.NARROW_TILES)
 
 @triton.autotune(configs=FORWARD_CONFIGS,
                  key=["M_BUCKET", "N_BUCKET", "K_BUCKET", "FLAT_K", "PACKED", "VOLUMETRIC", "INPUT_PRECISION"],
-                 prune_configs_by={"early_config_prune": common.prune_configs("x_ptr")})
+                 prune_configs_by={"early_config_prune": common.prune_configs("x_ptr")}, **common.TUNER_OPTIONS)
 @triton.jit
 def implicit_forward_kernel(
     # pointers

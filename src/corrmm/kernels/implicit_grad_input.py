@@ -96,7 +96,7 @@ def first_tap(kernel_len, tap_step, dilation, conv_stride, phase):
 
 @triton.autotune(configs=GRAD_INPUT_CONFIGS,
                  key=["M_BUCKET", "N_BUCKET", "K_BUCKET", "PACKED", "VOLUMETRIC", "INPUT_PRECISION"],
-                 prune_configs_by={"early_config_prune": common.prune_configs("dy_ptr")})
+                 prune_configs_by={"early_config_prune": common.prune_configs("dy_ptr")}, **common.TUNER_OPTIONS)
 @triton.jit
 def implicit_grad_input_kernel(
     # pointers
@@ -343,7 +343,7 @@ def _prune_rows_configs(configs, named_args, **kwargs):
 
 
 @triton.autotune(configs=ROWS_CONFIGS, key=["M_BUCKET", "N_BUCKET", "K_BUCKET", "C_PAD", "INPUT_PRECISION"],
-                 prune_configs_by={"early_config_prune": _prune_rows_configs})
+                 prune_configs_by={"early_config_prune": _prune_rows_configs}, **common.TUNER_OPTIONS)
 @triton.jit
 def grad_input_rows_kernel(
     # pointers

@@ -126,7 +126,7 @@ _SUM_LAUNCH_SECONDS = 4e-6
 
 @triton.autotune(configs=GRAD_WEIGHT_CONFIGS,
                  key=["M_BUCKET", "N_BUCKET", "K_BUCKET", "FLAT_N", "PIXELS_INNER", "DEPTH", "INPUT_PRECISION"],
-                 prune_configs_by={"early_config_prune": _prune})
+                 prune_configs_by={"early_config_prune": _prune}, **common.TUNER_OPTIONS)
 @triton.jit
 def implicit_grad_weight_kernel(
     # pointers (dw_ptr: the output, or the fp32 partial workspace when split)
