@@ -271,6 +271,39 @@ def test_small_cnn_trains_like_eager(backend):
     _assert_rewritten(graphs, {"inference"})
 
 
+def test_modes_and_options_reach_inductor(monkeypatch):
+    """backend="corrmm" takes torch.compile's mode and options as inductor does; bad ones are refused."""
+    from corrmm.compile.backend import inductor_patches
+
+    assert inductor_patches() == {}
+    assert inductor_patches("reduce-overhead")["triton.cudagraphs"] is True
+    assert inductor_patches("default", {"max_autotune": True}) == {"max_autotune": True}
+    with pytest.raises(ValueError, match="unknown mode 'fastest'"):
+        inductor_patches("fastest")
+    with pytest.raises(TypeError, match="options must be a dict"):
+        inductor_patches(None, ["max_autotune"])
+
+    torch.manual_seed(0)
+    reference = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 3, stride=2))
+    model = copy.deepcopy(reference)
+    x = torch.randn(2, 3, 9, 9)
+    seen = []
+    rewrite = corrmm.compile.backend._rewrite
+
+    def spy(graph_module, stage):  # the inductor settings in force where each graph is compiled
+        seen.append((stage, torch._inductor.config.triton.cudagraphs))
+        rewrite(graph_module, stage)
+
+    monkeypatch.setattr(corrmm.compile.backend, "_rewrite", spy)
+    with capture_graphs() as graphs:
+        torch.compile(model, backend="corrmm", mode="reduce-overhead", fullgraph=True)(x).square().sum().backward()
+    reference(x).square().sum().backward()
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5)
+    assert seen == [("forward", True), ("backward", True)], seen
+    _assert_rewritten(graphs, {"forward", "backward"})
+
+
 @pytest.mark.parametrize("nd", [1, 3])
 def test_eager_backend_1d_and_3d(nd):
     conv, pool = {1: (nn.Conv1d, (5, 3, 16)), 3: (nn.Conv3d, (2, 3, 6, 5, 6))}[nd]

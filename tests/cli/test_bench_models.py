@@ -85,6 +85,18 @@ def test_models_bench_compiled_mode_uses_the_corrmm_backend(monkeypatch, tmp_pat
     assert doc["checks"] == [] and doc["settings"]["compile_backends"] == {"torch": "eager", "corrmm": "corrmm_eager"}
 
 
+@pytest.mark.parametrize("mode, compile_mode", [("compiled", None), ("reduce-overhead", "reduce-overhead")])
+def test_compiled_modes_compile_both_sides_alike(monkeypatch, mode, compile_mode):
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: calls.append(kwargs) or model)
+    plan = model_bench.ModelPlan(models=["m5_audio"], dtypes=["fp32"], modes=[mode], device=torch.device("cpu"),
+                                 batch=2, size=None, steps=1, warmup_steps=1, seed=0, algo="auto", check=False)
+    for side in ("torch", "corrmm"):
+        model_bench._prepare(model_bench.MODELS["m5_audio"], mode, side, plan)
+    assert calls == [{"backend": model_bench.COMPILE_BACKENDS[side], "mode": compile_mode}
+                     for side in ("torch", "corrmm")]
+
+
 def test_check_catches_a_wrong_convolution(monkeypatch):
     real_convert = model_bench.corrmm.convert
 

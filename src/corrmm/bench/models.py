@@ -7,6 +7,8 @@ weights, drawn from one seed) train on the same synthetic batch:
     eager      the model as built              ``corrmm.convert(model, algo="auto")``
     compiled   ``torch.compile(model)``        ``torch.compile(model, backend="corrmm")``
                (inductor)                      (inductor with corrmm's convolutions)
+    reduce-overhead   both compiled with ``mode="reduce-overhead"``: each graph replays
+               as a CUDA graph, so neither side pays host time per call
 
 One step is what a training loop does: ``zero_grad``, the forward pass under
 ``torch.autocast`` (bf16 by default on a GPU; fp32 and tf32 run without
@@ -55,7 +57,9 @@ from .report import geomean
 from .runner import DTYPES, OOM, backend_flags
 
 SIDES = ("torch", "corrmm")
-MODES = ("eager", "compiled")
+MODES = ("eager", "compiled", "reduce-overhead")
+#: torch.compile's mode for each compiled bench mode (the same on both sides)
+COMPILE_MODES = {"compiled": None, "reduce-overhead": "reduce-overhead"}
 #: the backend each side compiles with (tests swap in the code-generation-free ones)
 COMPILE_BACKENDS = {"torch": "inductor", "corrmm": "corrmm"}
 #: autocast dtypes; fp32 and tf32 run without autocast
@@ -349,7 +353,7 @@ def _prepare(spec: ModelSpec, mode: str, side: str, plan: ModelPlan) -> torch.nn
     if mode == "eager":
         return corrmm.convert(model, algo=plan.algo) if side == "corrmm" else model
     torch._dynamo.reset()  # each compiled model starts from empty caches and recompile counters
-    return torch.compile(model, backend=COMPILE_BACKENDS[side])
+    return torch.compile(model, backend=COMPILE_BACKENDS[side], mode=COMPILE_MODES[mode])
 
 
 def _time_steps(step: Callable[[], torch.Tensor], count: int, device: torch.device) -> Tuple[List[float], torch.Tensor]:
@@ -380,12 +384,16 @@ def measure_model(spec: ModelSpec, dtype: str, mode: str, side: str, plan: Model
         optimizer = torch.optim.SGD(model.parameters(), **SGD)
         x, y = _data(spec, batch, size, plan.device, plan.seed)
 
+        graphs = mode == "reduce-overhead"
+
         def step() -> torch.Tensor:
+            if graphs:  # a new training iteration: the previous replay's outputs may be reused
+                torch.compiler.cudagraph_mark_step_begin()
             optimizer.zero_grad(set_to_none=True)
             _, loss = _loss(model, x, y, dtype, plan.device)
             loss.backward()
             optimizer.step()
-            return loss.detach()
+            return loss.detach().clone() if graphs else loss.detach()
 
         if plan.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(plan.device)
@@ -411,7 +419,7 @@ def measure_model(spec: ModelSpec, dtype: str, mode: str, side: str, plan: Model
         m.status, m.detail = "error", _first_line(err)
     finally:
         model = optimizer = x = y = step = None  # noqa: F841
-        if mode == "compiled":
+        if mode in COMPILE_MODES:
             torch._dynamo.reset()
         _free(plan.device)
     if m.status != "ok":

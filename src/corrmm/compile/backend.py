@@ -117,16 +117,39 @@ def _no_autograd_cache():
     return contextlib.nullcontext()
 
 
-def corrmm_backend(gm: torch.fx.GraphModule, example_inputs) -> Callable:
-    """``backend="corrmm"``: inductor, with corrmm's graph rewrite on every post-partition aten graph."""
+def inductor_patches(mode=None, options=None) -> dict:
+    """Inductor settings for ``torch.compile``'s ``mode`` and ``options``, as inductor itself reads them.
+
+    ``mode="reduce-overhead"`` replays each compiled graph as a CUDA graph (inductor's
+    ``triton.cudagraphs``), which removes the host time of every call, corrmm's
+    convolutions included; ``options`` are inductor config entries, applied on top.
+    """
+    from torch._inductor import list_mode_options
+
+    if mode is not None and mode not in list_mode_options():
+        raise ValueError(f"backend='corrmm': unknown mode {mode!r}; expected one of {sorted(list_mode_options())}")
+    if options is not None and not isinstance(options, dict):
+        raise TypeError(f"backend='corrmm': options must be a dict of inductor settings, got {type(options).__name__}")
+    return {**(list_mode_options(mode) if mode else {}), **(options or {})}
+
+
+def corrmm_backend(gm: torch.fx.GraphModule, example_inputs, mode=None, options=None) -> Callable:
+    """``backend="corrmm"``: inductor, with corrmm's graph rewrite on every post-partition aten graph.
+
+    ``torch.compile(model, backend="corrmm", mode=..., options=...)`` takes inductor's modes
+    (``"reduce-overhead"``: CUDA graphs) and settings, as ``backend="inductor"`` does.
+    """
     from torch._inductor.compile_fx import compile_fx, compile_fx_inner
+
+    patches = inductor_patches(mode, options)
 
     def inner_compile(graph_module, inputs, *args, **kwargs):
         _rewrite(graph_module, _stage(kwargs))
         return compile_fx_inner(graph_module, inputs, *args, **kwargs)
 
     with _no_autograd_cache():
-        return compile_fx(gm, example_inputs, inner_compile=inner_compile, decompositions=decompositions())
+        return compile_fx(gm, example_inputs, inner_compile=inner_compile, config_patches=patches,
+                          decompositions=decompositions())
 
 
 def corrmm_eager_backend(gm: torch.fx.GraphModule, example_inputs) -> Callable:
