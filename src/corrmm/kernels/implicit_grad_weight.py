@@ -4,7 +4,7 @@ Shapes (3-D; a 2-D problem runs with D = O = T = 1, a 1-D one also with H = 1), 
 
     x  (N, C, D, H, W)       any strides
     dy (N, K, O, P, Q)       any strides
-    dw (K, C/G, T, R, S)     allocated (K, T, R, S, C/G) in memory: channels innermost
+    dw (K, C/G, T, R, S)     in x's memory format: NCHW (NCDHW) or channels innermost
 
     dw[g·Kg + k, c, t, r, s] = Σ_{n, o, p, q} dy[n, g·Kg + k, o, p, q]
                                  · x[n, g·Cg + c, o·sd + t·dd - pd, p·sh + r·dh - ph, q·sw + s·dw - pw]
@@ -46,6 +46,11 @@ is bit-for-bit the same on every run. With one split the GEMM kernel writes dw
 directly in its dtype. :func:`choose_splits` picks the count from the waves of
 programs over the SMs, the K steps per program, and the partial sums' traffic.
 
+**The result's layout.** dw is allocated in the caller's memory format (x's:
+NCHW unless x is channels_last), and each split's partial slice has dw's own
+element order, so the sum is one flat pass that writes dw where the caller wants
+it: no layout copy follows (the epilogue's stores take any strides).
+
 Loop nest (one program = one BLOCK_M x BLOCK_N tile of one split of one group)::
 
     for split, m-tile, n-tile, g:                   # grid (split slowest: a split's tiles share dy, x in L2)
@@ -69,6 +74,7 @@ import triton.language as tl
 
 from .. import config
 from ..geometry import ConvGeometry
+from ..memory_format import memory_format_of
 from . import common, transpose
 from .common import multiply_accumulate, widen
 
@@ -77,6 +83,7 @@ from .common import multiply_accumulate, widen
 #: pointer per element: wider steps run out of registers)
 _TILES_16BIT = [
     (128, 128, 64, 8, 3),
+    (128, 128, 64, 8, 4),   # short per-program loops (small images, many splits): one more load in flight
     (128, 256, 64, 8, 3),
     (128, 128, 32, 4, 4),
     (64, 128, 64, 4, 4),
@@ -390,7 +397,7 @@ def grad_weight(x: torch.Tensor, dy: torch.Tensor, g: ConvGeometry, splits: int 
                 flat: bool = None, pixels: bool = None) -> torch.Tensor:
     """dw (K, C/G, [T,] R, S) from x (N, C, [D,] H, W) and dy (N, K, [O,] P, Q); 2-D or 3-D geometry.
 
-    The result is dense with channels innermost (channels_last). ``splits``,
+    The result is dense in x's memory format (:func:`weight_format`). ``splits``,
     ``flat`` and ``pixels`` override the split-K count, the column layout and
     the tile orientation (tests).
     """
@@ -401,10 +408,11 @@ def grad_weight(x: torch.Tensor, dy: torch.Tensor, g: ConvGeometry, splits: int 
         flat = use_flat_columns(g.channels_per_group)
     if pixels is None:
         pixels = pixels_inner(x.dtype, flat)
+    out_format = weight_format(x)
     x, dy = prepare_operands(x, dy, pixels)
-    key = ("grad_weight", g, x.stride(), dy.stride(), x.dtype, x.device, splits, flat, pixels,
+    key = ("grad_weight", g, x.stride(), dy.stride(), x.dtype, x.device, splits, flat, pixels, out_format,
            common.dot_precision(x.dtype), config.workspace_limit())
-    plan = common.planned(key, lambda: _GradWeightPlan(x, dy, g, splits, flat, pixels))
+    plan = common.planned(key, lambda: _GradWeightPlan(x, dy, g, splits, flat, pixels, out_format))
     return plan(x, dy)
 
 
@@ -420,26 +428,32 @@ def _geometry_3d(g: ConvGeometry):
             (0, *g.pad_low))
 
 
-def _new_weight(x: torch.Tensor, shape) -> torch.Tensor:
-    """dw, dense with channels innermost (NaN-filled when corrmm poisons outputs)."""
-    if len(shape) == 4:
-        return common.new_nhwc(x, shape)
-    out = torch.empty(tuple(shape), dtype=x.dtype, device=x.device, memory_format=torch.channels_last_3d)
+def _new_weight(x: torch.Tensor, shape, memory_format: torch.memory_format) -> torch.Tensor:
+    """dw, dense in ``memory_format`` (NaN-filled when corrmm poisons outputs)."""
+    out = torch.empty(tuple(shape), dtype=x.dtype, device=x.device, memory_format=memory_format)
     if config.poisoning():
         out.fill_(float("nan"))
     return out
 
 
+def weight_format(x: torch.Tensor) -> torch.memory_format:
+    """The memory format dw is returned in: x's own (channels_last or channels_last_3d when x is stored
+    that way, contiguous otherwise), so the caller gets the layout it would ask for without a copy."""
+    return memory_format_of(x)
+
+
 class _GradWeightPlan:
     """The two launches of one weight-gradient problem (GEMM with split-K, then the fixed-order sum)."""
 
-    def __init__(self, x: torch.Tensor, dy: torch.Tensor, g: ConvGeometry, splits, flat, pixels):
+    def __init__(self, x: torch.Tensor, dy: torch.Tensor, g: ConvGeometry, splits, flat, pixels,
+                 out_format: torch.memory_format):
         (D, H, W), (T, R, S), (O, P, Q), stride, dilation, pad_low = _geometry_3d(g)
         N, Cg, Kg, G = g.batch, g.channels_per_group, g.filters_per_group, g.groups
         if flat is None:
             flat = use_flat_columns(Cg)
         self.ndim = g.ndim
         self.weight_shape = g.weight_shape
+        self.out_format = out_format
         reduction = N * O * P * Q
         patch = Cg * T * R * S
         if splits is None:
@@ -453,11 +467,9 @@ class _GradWeightPlan:
         # a multiple of 256 is a multiple of every BLOCK_K, so only the last split has a ragged end
         k_per_split = common.cdiv(common.cdiv(reduction, splits), 256) * 256
         self.splits = splits = common.cdiv(reduction, k_per_split)
-        # (splits, K, T, R, S, Cg) in memory: each split's slice dense in dw's own element order
-        self.workspace_shape = (splits, g.out_channels, T, R, S, Cg)
         self.workspace_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        dw = _as_3d(_new_weight(x, g.weight_shape), g.ndim)
-        target = self._workspace(x) if splits > 1 else dw
+        dw = _as_3d(_new_weight(x, g.weight_shape, out_format), g.ndim)
+        target = self._workspace(dw) if splits > 1 else dw
         split_stride = target.stride(0) if splits > 1 else 0
         x3, dy3 = _as_3d(x, g.ndim), _as_3d(dy, g.ndim)
         pads = [0, 0] + [sum(p) for p in g.padding] + ([0] if g.ndim == 2 else [])
@@ -488,16 +500,18 @@ class _GradWeightPlan:
                 split_sum_kernel, (common.cdiv(numel, block),), (numel, splits),
                 dict(WIDE_INDEX=common.needs_wide_index(target.numel() + block), BLOCK=block))
 
-    def _workspace(self, like: torch.Tensor) -> torch.Tensor:
-        partials = torch.empty(self.workspace_shape, dtype=self.workspace_dtype, device=like.device)
-        return partials.permute(0, 1, 5, 2, 3, 4)
+    def _workspace(self, dw3: torch.Tensor) -> torch.Tensor:
+        """(splits, K, Cg, T, R, S) partials, each split's slice dense in dw3's own element order."""
+        numel = dw3.numel()
+        partials = torch.empty(self.splits * numel, dtype=self.workspace_dtype, device=dw3.device)
+        return partials.as_strided((self.splits, *dw3.shape), (numel, *dw3.stride()))
 
     def __call__(self, x: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
-        dw = _new_weight(x, self.weight_shape)
+        dw = _new_weight(x, self.weight_shape, self.out_format)
         dw3 = _as_3d(dw, self.ndim)
         x3, dy3 = _as_3d(x, self.ndim), _as_3d(dy, self.ndim)
         if self.splits > 1:
-            partials = self._workspace(x)
+            partials = self._workspace(dw3)
             self.gemm(x3, dy3, partials)
             self.split_sum(partials, dw3)
         else:
