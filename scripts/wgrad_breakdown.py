@@ -10,8 +10,9 @@ For each layer of the DESIGN table (bf16 unless ``--dtype``):
   kernel (so only the host's own work is timed);
 * device: µs per kernel of one public call (``torch.profiler``);
 * plan: the split count and the tuned tile the call took;
-* sweep: the GEMM and its fixed-order sum alone (the plan's call on NHWC operands,
-  no transposes) for a range of split counts with that tile, ``do_bench`` medians.
+* sweep: the GEMM and its fixed-order sum alone (the plan of the NCHW call, run on
+  the operands' NHWC copies: no transposes) for a range of split counts with that
+  tile, ``do_bench`` medians.
 """
 from __future__ import annotations
 
@@ -78,71 +79,77 @@ def main():
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "tf32": torch.float32}[args.dtype]
     torch.backends.cudnn.benchmark = True
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.dtype == "tf32"
-    kernel = kgw.implicit_grad_weight_kernel
     rows = []
     for layer in args.layers:
-        C, H, W, K, k, N, s, p = LAYERS[layer]
-        g = ConvGeometry(N, C, K, (H, W), (k, k), ((p, p), (p, p)), (s, s), (1, 1)).validate()
-        x = torch.randn(g.input_shape, device="cuda", dtype=dtype)
-        dy = torch.randn(g.output_shape, device="cuda", dtype=dtype)
-        w = torch.empty(g.weight_shape, device="cuda", dtype=dtype)
-        flop = 2.0 * N * K * g.out_size[0] * g.out_size[1] * C * k * k
+        try:
+            rows.append(measure(layer, dtype, args, do_bench))
+        except Exception as err:  # report and go on with the next layer
+            print(f"{layer}: {type(err).__name__}: {str(err)[:300]}", flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, rows=rows), f, indent=1)
 
-        def ours():
-            return corrmm.corr2d_grad_weight(x, dy, (k, k), border_mode=p, subsample=s, algo="implicit")
 
-        def cudnn():
-            return torch.ops.aten.convolution_backward(dy, x, w, None, [s] * 2, [p] * 2, [1, 1], False, [0, 0], 1,
-                                                       [False, True, False])[1]
+def measure(layer, dtype, args, do_bench):
+    kernel = kgw.implicit_grad_weight_kernel
+    C, H, W, K, k, N, s, p = LAYERS[layer]
+    g = ConvGeometry(N, C, K, (H, W), (k, k), ((p, p), (p, p)), (s, s), (1, 1)).validate()
+    x = torch.randn(g.input_shape, device="cuda", dtype=dtype)
+    dy = torch.randn(g.output_shape, device="cuda", dtype=dtype)
+    w = torch.empty(g.weight_shape, device="cuda", dtype=dtype)
+    flop = 2.0 * N * K * g.out_size[0] * g.out_size[1] * C * k * k
 
-        reference = cudnn().double()
-        out = ours()
-        torch.cuda.synchronize()
-        best = kernel.best_config
-        row = dict(layer=layer, dtype=args.dtype, gflop=flop / 1e9,
-                   rel_err=((out.double() - reference).norm() / reference.norm()).item(),
-                   bitwise_equal=bool(torch.equal(out, ours())),
-                   tile=f"{best.kwargs['BLOCK_M']}x{best.kwargs['BLOCK_N']}x{best.kwargs['BLOCK_K']}"
-                        f"/w{best.num_warps}/s{best.num_stages}")
-        xn, dyn = transpose.as_nhwc(x), transpose.as_nhwc(dy)
-        kgw.grad_weight(xn, dyn, g)
-        plan = plan_of(g)
-        row["splits"] = plan.splits if plan is not None else None
-        row["eager_ms"] = do_bench(ours, warmup=25, rep=100, return_mode="median")
-        row["cudnn_ms"] = do_bench(cudnn, warmup=25, rep=100, return_mode="median")
-        row["host_us"] = host_us(ours)
-        row["cudnn_host_us"] = host_us(cudnn)
-        row["device_us"] = device_us(ours)
-        row["tflops"] = flop / row["eager_ms"] / 1e9
-        row["cudnn_tflops"] = flop / row["cudnn_ms"] / 1e9
-        print(f"{layer}: eager {row['eager_ms'] * 1e3:.0f} us ({row['tflops']:.0f} TF/s) cudnn "
-              f"{row['cudnn_ms'] * 1e3:.0f} us ({row['cudnn_tflops']:.0f}) = {row['cudnn_ms'] / row['eager_ms']:.2f}x; "
-              f"host {row['host_us']:.0f} us (cudnn {row['cudnn_host_us']:.0f}); splits {row['splits']} "
-              f"tile {row['tile']}; err {row['rel_err']:.1e} equal={row['bitwise_equal']}", flush=True)
-        print(f"   device us: {row['device_us']}", flush=True)
-        if not args.no_sweep:
-            saved = kernel.configs
-            kernel.configs, kernel.cache = [best], {}
-            try:
-                sweep = {}
-                most = max(1, (N * g.out_size[0] * g.out_size[1]) // 256)
-                for splits in SPLITS:
-                    if splits > most:
-                        break
-                    fn = (lambda sp: lambda: kgw.grad_weight(xn, dyn, g, splits=sp))(splits)
-                    fn()
-                    actual = plan_of(g, splits).splits
-                    if actual in sweep:
-                        continue
-                    sweep[actual] = do_bench(fn, warmup=10, rep=40, return_mode="median") * 1e3
-                row["sweep_us"] = sweep
-                print("   sweep (splits: us): " + ", ".join(f"{sp}: {us:.0f}" for sp, us in sweep.items()), flush=True)
-            finally:
-                kernel.configs, kernel.cache = saved, {}
-        rows.append(row)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, rows=rows), f, indent=1)
+    def ours():
+        return corrmm.corr2d_grad_weight(x, dy, (k, k), border_mode=p, subsample=s, algo="implicit")
+
+    def cudnn():
+        return torch.ops.aten.convolution_backward(dy, x, w, None, [s] * 2, [p] * 2, [1, 1], False, [0, 0], 1,
+                                                   [False, True, False])[1]
+
+    reference = cudnn().double()
+    out = ours()
+    torch.cuda.synchronize()
+    best = kernel.best_config
+    row = dict(layer=layer, dtype=args.dtype, gflop=flop / 1e9,
+               rel_err=((out.double() - reference).norm() / reference.norm()).item(),
+               bitwise_equal=bool(torch.equal(out, ours())),
+               tile=f"{best.kwargs['BLOCK_M']}x{best.kwargs['BLOCK_N']}x{best.kwargs['BLOCK_K']}"
+                    f"/w{best.num_warps}/s{best.num_stages}")
+    xn, dyn = transpose.as_nhwc(x), transpose.as_nhwc(dy)
+    plan = plan_of(g)
+    row["splits"] = plan.splits if plan is not None else None
+    row["eager_ms"] = do_bench(ours, warmup=25, rep=100, return_mode="median")
+    row["cudnn_ms"] = do_bench(cudnn, warmup=25, rep=100, return_mode="median")
+    row["host_us"] = host_us(ours)
+    row["cudnn_host_us"] = host_us(cudnn)
+    row["device_us"] = device_us(ours)
+    row["tflops"] = flop / row["eager_ms"] / 1e9
+    row["cudnn_tflops"] = flop / row["cudnn_ms"] / 1e9
+    print(f"{layer}: eager {row['eager_ms'] * 1e3:.0f} us ({row['tflops']:.0f} TF/s) cudnn "
+          f"{row['cudnn_ms'] * 1e3:.0f} us ({row['cudnn_tflops']:.0f}) = {row['cudnn_ms'] / row['eager_ms']:.2f}x; "
+          f"host {row['host_us']:.0f} us (cudnn {row['cudnn_host_us']:.0f}); splits {row['splits']} "
+          f"tile {row['tile']}; err {row['rel_err']:.1e} equal={row['bitwise_equal']}", flush=True)
+    print(f"   device us: {row['device_us']}", flush=True)
+    if not args.no_sweep:
+        saved = kernel.configs
+        kernel.configs, kernel.cache = [best], {}
+        try:
+            sweep = {}
+            most = max(1, (N * g.out_size[0] * g.out_size[1]) // 256)
+            for splits in SPLITS:
+                if splits > most:
+                    break
+                kgw.grad_weight(x, dy, g, splits=splits)  # the plan of NCHW operands (output NCHW)
+                split_plan = plan_of(g, splits)
+                if split_plan.splits in sweep:
+                    continue
+                fn = (lambda run: lambda: run(xn, dyn))(split_plan)  # the GEMM and the sum, no transposes
+                sweep[split_plan.splits] = do_bench(fn, warmup=10, rep=40, return_mode="median") * 1e3
+            row["sweep_us"] = sweep
+            print("   sweep (splits: us): " + ", ".join(f"{sp}: {us:.0f}" for sp, us in sweep.items()), flush=True)
+        finally:
+            kernel.configs, kernel.cache = saved, {}
+    return row
 
 
 if __name__ == "__main__":
