@@ -102,3 +102,43 @@ def test_split_k_is_bitwise_reproducible():
     assert rel_err(once, kgw.grad_weight_reference(x.double(), dy.double(), g)) <= TOLERANCE[torch.bfloat16]
     default_once, default_again = kgw.grad_weight(x, dy, g), kgw.grad_weight(x, dy, g)
     assert torch.equal(default_once, default_again)
+
+
+# ---- 1x1 layers read straight from NCHW planes (PLANES): K-major tiles, no layout copy --------------
+
+PLANE_CASES = {
+    "2d_groups2": geometry(3, 6, 10, (16, 16), (1, 1), ((0, 0), (0, 0)), groups=2),  # 256-pixel images
+    "3d": geometry(2, 5, 7, (4, 8, 8), (1, 1, 1), ((0, 0),) * 3),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", list(PLANE_CASES))
+def test_plane_reads(case, dtype):
+    """1x1 layers on NCHW input take the plane read; with 1 and 3 splits it matches the reference."""
+    g = PLANE_CASES[case]
+    x, dy = operands(g, dtype, f"planes-{case}")
+    assert kgw.reads_planes(g, x, dy)
+    ref = kgw.grad_weight_reference(x.double(), dy.double(), g)
+    for splits in (1, 3):
+        with config.poison_outputs():
+            dw = kgw.grad_weight(x, dy, g, splits=splits)
+        assert dw.is_contiguous()
+        assert rel_err(dw, ref) <= TOLERANCE[dtype], splits
+
+
+def test_plane_reads_only_where_they_apply():
+    """Channels-last input, a padded or strided 1x1 layer, or an image of 255 pixels take the tap kernel;
+    asking for planes there is an error that names the geometry."""
+    g = PLANE_CASES["2d_groups2"]
+    x, dy = operands(g, torch.float32, "planes-where")
+    assert not kgw.reads_planes(g, x.contiguous(memory_format=torch.channels_last), dy)
+    for other in (geometry(1, 4, 4, (16, 16), (1, 1), ((1, 0), (0, 0))),
+                  geometry(1, 4, 4, (32, 32), (1, 1), ((0, 0), (0, 0)), stride=(2, 2)),
+                  geometry(1, 4, 4, (15, 17), (1, 1), ((0, 0), (0, 0)))):
+        xo, dyo = operands(other, torch.float32, "planes-other")
+        assert not kgw.reads_planes(other, xo, dyo)
+        with pytest.raises(ValueError, match="planes=True needs a 1x1"):
+            kgw.grad_weight(xo, dyo, other, planes=True)
+    assert rel_err(kgw.grad_weight(x, dy, g, planes=False),
+                   kgw.grad_weight_reference(x.double(), dy.double(), g)) <= TOLERANCE[torch.float32]

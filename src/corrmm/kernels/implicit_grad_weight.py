@@ -66,6 +66,7 @@ Loop nest (one program = one BLOCK_M x BLOCK_N tile of one split of one group)::
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -132,7 +133,8 @@ _SUM_LAUNCH_SECONDS = 4e-6
 
 
 @triton.autotune(configs=GRAD_WEIGHT_CONFIGS,
-                 key=["M_BUCKET", "N_BUCKET", "K_BUCKET", "FLAT_N", "PIXELS_INNER", "DEPTH", "INPUT_PRECISION"],
+                 key=["M_BUCKET", "N_BUCKET", "K_BUCKET", "FLAT_N", "PIXELS_INNER", "PLANES", "DEPTH",
+                      "INPUT_PRECISION"],
                  prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def implicit_grad_weight_kernel(
@@ -151,7 +153,8 @@ def implicit_grad_weight_kernel(
     # autotuning keys only
     M_BUCKET, N_BUCKET, K_BUCKET,
     # meta-parameters
-    FLAT_N: tl.constexpr, PIXELS_INNER: tl.constexpr, DEPTH: tl.constexpr, WIDE_INDEX: tl.constexpr,
+    FLAT_N: tl.constexpr, PIXELS_INNER: tl.constexpr, PLANES: tl.constexpr, DEPTH: tl.constexpr,
+    WIDE_INDEX: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -224,61 +227,73 @@ def implicit_grad_weight_kernel(
 
     # ---- K loop
     for i0 in range(k_start, k_end, BLOCK_K):
-        # each pixel's digits: the block's first pixel plus k's digits, one carry per digit
-        q = q0 + kq
-        carry = q >= Q
-        q = tl.where(carry, q - Q, q)
-        p = p0 + kp + carry.to(tl.int32)
-        carry = p >= P
-        p = tl.where(carry, p - P, p)
-        if DEPTH:
-            o = o0 + ko + carry.to(tl.int32)
-            carry = o >= O
-            o = tl.where(carry, o - O, o)
-        n = n0 + kn + carry.to(tl.int32)
-        k_valid = offs_k < k_end - i0
-
-        # input position of tap 0 (the padding is folded into the tap offsets)
-        h_in = p * conv_stride_h
-        w_in = q * conv_stride_w
-        pixel_dy = n * stride_dyn + p * stride_dyp + q * stride_dyq
-        pixel_x = n * stride_xn + h_in * stride_xh + w_in * stride_xw
-        if DEPTH:
-            d_in = o * conv_stride_d
-            pixel_dy += o * stride_dyo
-            pixel_x += d_in * stride_xd
+        if PLANES:
+            # 1x1, unit stride, no padding, NCHW operands: both tiles are rows of (channel x pixel) planes,
+            # and a block never leaves its image (the plane is a multiple of 256 pixels, as is every split),
+            # so each row is BLOCK_K consecutive elements: vector copies, K-major A and B, no masks along K
+            image = i0 // volume
+            pixel0 = i0 - image * volume  # the block's first pixel within its image
+            pixels_dy = tl.max_contiguous(tl.multiple_of(image * stride_dyn + pixel0 + offs_k, BLOCK_K), BLOCK_K)
+            pixels_x = tl.max_contiguous(tl.multiple_of(image * stride_xn + pixel0 + offs_k, BLOCK_K), BLOCK_K)
+            a = tl.load(dy_ptr + dy_rows[:, None] + pixels_dy[None, :], mask=m_valid[:, None], other=0.0)
+            b_t = tl.load(x_ptr + x_cols[:, None] + pixels_x[None, :], mask=n_valid[:, None], other=0.0)
+            acc = multiply_accumulate(acc, a, tl.trans(b_t), INPUT_PRECISION, UPCAST)
         else:
-            d_in = h_in  # unused: a 2-D problem has one depth position
-        a = tl.load(dy_ptr + dy_rows[:, None] + pixel_dy[None, :],
-                    mask=m_valid[:, None] & k_valid[None, :], other=0.0)
-        if PIXELS_INNER:
-            # (channels x pixels), pixels along the rows: its transpose is a K-major B tile
-            inside = _inside(tap_d, tap_h, tap_w, d_in, h_in, w_in, D, H, W, FLAT_N, DEPTH)
-            if not FLAT_N:
-                inside = inside[None, :]
-            inside = inside & k_valid[None, :]
-            b_t = tl.load(x_ptr + x_cols[:, None] + pixel_x[None, :], mask=inside & n_valid[:, None], other=0.0)
-            b = tl.trans(b_t)
-        else:
-            inside = _inside(d_in, h_in, w_in, tap_d, tap_h, tap_w, D, H, W, FLAT_N, DEPTH)
-            if not FLAT_N:
-                inside = inside[:, None]
-            inside = inside & k_valid[:, None]
-            b = tl.load(x_ptr + pixel_x[:, None] + x_cols[None, :], mask=inside & n_valid[None, :], other=0.0)
-        acc = multiply_accumulate(acc, a, b, INPUT_PRECISION, UPCAST)
+            # each pixel's digits: the block's first pixel plus k's digits, one carry per digit
+            q = q0 + kq
+            carry = q >= Q
+            q = tl.where(carry, q - Q, q)
+            p = p0 + kp + carry.to(tl.int32)
+            carry = p >= P
+            p = tl.where(carry, p - P, p)
+            if DEPTH:
+                o = o0 + ko + carry.to(tl.int32)
+                carry = o >= O
+                o = tl.where(carry, o - O, o)
+            n = n0 + kn + carry.to(tl.int32)
+            k_valid = offs_k < k_end - i0
 
-        # the next block's first pixel: add the step's digits with carries (no division in the loop)
-        q0 += step_q
-        carry0 = (q0 >= Q).to(tl.int32)
-        q0 -= carry0 * Q
-        p0 += step_p + carry0
-        carry0 = (p0 >= P).to(tl.int32)
-        p0 -= carry0 * P
-        if DEPTH:
-            o0 += step_o + carry0
-            carry0 = (o0 >= O).to(tl.int32)
-            o0 -= carry0 * O
-        n0 += step_n + carry0
+            # input position of tap 0 (the padding is folded into the tap offsets)
+            h_in = p * conv_stride_h
+            w_in = q * conv_stride_w
+            pixel_dy = n * stride_dyn + p * stride_dyp + q * stride_dyq
+            pixel_x = n * stride_xn + h_in * stride_xh + w_in * stride_xw
+            if DEPTH:
+                d_in = o * conv_stride_d
+                pixel_dy += o * stride_dyo
+                pixel_x += d_in * stride_xd
+            else:
+                d_in = h_in  # unused: a 2-D problem has one depth position
+            a = tl.load(dy_ptr + dy_rows[:, None] + pixel_dy[None, :],
+                        mask=m_valid[:, None] & k_valid[None, :], other=0.0)
+            if PIXELS_INNER:
+                # (channels x pixels), pixels along the rows: its transpose is a K-major B tile
+                inside = _inside(tap_d, tap_h, tap_w, d_in, h_in, w_in, D, H, W, FLAT_N, DEPTH)
+                if not FLAT_N:
+                    inside = inside[None, :]
+                inside = inside & k_valid[None, :]
+                b_t = tl.load(x_ptr + x_cols[:, None] + pixel_x[None, :], mask=inside & n_valid[:, None], other=0.0)
+                b = tl.trans(b_t)
+            else:
+                inside = _inside(d_in, h_in, w_in, tap_d, tap_h, tap_w, D, H, W, FLAT_N, DEPTH)
+                if not FLAT_N:
+                    inside = inside[:, None]
+                inside = inside & k_valid[:, None]
+                b = tl.load(x_ptr + pixel_x[:, None] + x_cols[None, :], mask=inside & n_valid[None, :], other=0.0)
+            acc = multiply_accumulate(acc, a, b, INPUT_PRECISION, UPCAST)
+
+            # the next block's first pixel: add the step's digits with carries (no division in the loop)
+            q0 += step_q
+            carry0 = (q0 >= Q).to(tl.int32)
+            q0 -= carry0 * Q
+            p0 += step_p + carry0
+            carry0 = (p0 >= P).to(tl.int32)
+            p0 -= carry0 * P
+            if DEPTH:
+                o0 += step_o + carry0
+                carry0 = (o0 >= O).to(tl.int32)
+                o0 -= carry0 * O
+            n0 += step_n + carry0
 
     # ---- epilogue: dw[g·Kg + k, c, t, r, s], or this split's partial of it
     dw_rows = widen(split, WIDE_INDEX) * stride_dwsplit + widen(group * Kg + offs_m, WIDE_INDEX) * stride_dwk
@@ -388,31 +403,64 @@ def prepare_operands(x: torch.Tensor, dy: torch.Tensor, pixels: bool):
     return transpose.as_nhwc(x), transpose.as_nhwc(dy)
 
 
+#: a plane read (:func:`reads_planes`) needs images of a multiple of this many pixels: every BLOCK_K
+#: and every split chunk then stays inside one image
+PLANE_MULTIPLE = 256
+
+
+def reads_planes(g: ConvGeometry, x: torch.Tensor, dy: torch.Tensor) -> bool:
+    """Whether both operands are read straight from NCHW planes (``PLANES``), with no layout copy.
+
+    For a 1x1, unit-stride, unpadded, undilated layer the weight gradient is
+    ``dw[k, c] = Σ_n Σ_pixel dy[n, k, pixel] · x[n, c, pixel]``: in NCHW (NCDHW)
+    tensors each channel's pixels are one contiguous row, so both tiles are
+    K-major rows of 16-byte vectors (what TF32 wgmma needs, and no transposing
+    copy of either operand; ResNet's 1x1 layers, e.g. R3: 103 MB of input). Taken
+    when x is not channels-last (then the NHWC tiles read it as it is) and each
+    image has a multiple of :data:`PLANE_MULTIPLE` pixels.
+    """
+    plain = (all(k == 1 for k in g.kernel) and all(s == 1 for s in g.stride)
+             and all(d == 1 for d in g.dilation) and all(p == (0, 0) for p in g.padding))
+    return (plain and math.prod(g.out_size) % PLANE_MULTIPLE == 0 and weight_format(x) == torch.contiguous_format
+            and weight_format(dy) == torch.contiguous_format)
+
+
 def use_flat_columns(channels_per_group: int) -> bool:
     """Flatten (t, r, s, c) into the columns when a channel block would be mostly padding."""
     return channels_per_group % 16 != 0 and channels_per_group < 64
 
 
 def grad_weight(x: torch.Tensor, dy: torch.Tensor, g: ConvGeometry, splits: int = None,
-                flat: bool = None, pixels: bool = None) -> torch.Tensor:
+                flat: bool = None, pixels: bool = None, planes: bool = None) -> torch.Tensor:
     """dw (K, C/G, [T,] R, S) from x (N, C, [D,] H, W) and dy (N, K, [O,] P, Q); 2-D or 3-D geometry.
 
     The result is dense in x's memory format (:func:`weight_format`). ``splits``,
-    ``flat`` and ``pixels`` override the split-K count, the column layout and
-    the tile orientation (tests).
+    ``flat``, ``pixels`` and ``planes`` override the split-K count, the column
+    layout, the tile orientation and the plane read (tests; ``planes=True`` only
+    where :func:`reads_planes` holds).
     """
     if g.ndim not in (2, 3) or x.dim() != g.ndim + 2 or dy.dim() != g.ndim + 2:
         raise ValueError(f"implicit grad_weight takes 2-D or 3-D problems (1-D as H = 1): geometry of "
                          f"{g.ndim} dims, x of {x.dim()} and dy of {dy.dim()} dims")
-    if flat is None:
-        flat = use_flat_columns(g.channels_per_group)
-    if pixels is None:
-        pixels = pixels_inner(x.dtype, flat)
     out_format = weight_format(x)
-    x, dy = prepare_operands(x, dy, pixels)
-    key = ("grad_weight", g, x.stride(), dy.stride(), x.dtype, x.device, splits, flat, pixels, out_format,
+    if planes is None:
+        planes = reads_planes(g, x, dy)
+    elif planes and not reads_planes(g, x.contiguous(), dy.contiguous()):
+        raise ValueError("planes=True needs a 1x1, unit-stride, unpadded layer whose images have a multiple of "
+                         f"{PLANE_MULTIPLE} pixels; got kernel {g.kernel}, stride {g.stride}, padding {g.padding}, "
+                         f"output {g.out_size}")
+    if planes:
+        flat, pixels = False, False
+        x, dy = x.contiguous(), dy.contiguous()
+    else:
+        if flat is None:
+            flat = use_flat_columns(g.channels_per_group)
+        if pixels is None:
+            pixels = pixels_inner(x.dtype, flat)
+        x, dy = prepare_operands(x, dy, pixels)
+    key = ("grad_weight", g, x.stride(), dy.stride(), x.dtype, x.device, splits, flat, pixels, planes, out_format,
            common.dot_precision(x.dtype), config.workspace_limit())
-    plan = common.planned(key, lambda: _GradWeightPlan(x, dy, g, splits, flat, pixels, out_format))
+    plan = common.planned(key, lambda: _GradWeightPlan(x, dy, g, splits, flat, pixels, out_format, planes))
     return plan(x, dy)
 
 
@@ -446,7 +494,7 @@ class _GradWeightPlan:
     """The two launches of one weight-gradient problem (GEMM with split-K, then the fixed-order sum)."""
 
     def __init__(self, x: torch.Tensor, dy: torch.Tensor, g: ConvGeometry, splits, flat, pixels,
-                 out_format: torch.memory_format):
+                 out_format: torch.memory_format, planes: bool = False):
         (D, H, W), (T, R, S), (O, P, Q), stride, dilation, pad_low = _geometry_3d(g)
         N, Cg, Kg, G = g.batch, g.channels_per_group, g.filters_per_group, g.groups
         if flat is None:
@@ -491,7 +539,7 @@ class _GradWeightPlan:
             # N_BUCKET: a tile's columns span the whole patch when flat, one tap's channels otherwise
             common.bucket(Kg), common.bucket(patch if flat else Cg), common.bucket(k_per_split),
         )
-        meta = dict(FLAT_N=flat, PIXELS_INNER=pixels, DEPTH=(D, O, T) != (1, 1, 1), WIDE_INDEX=wide, INPUT_PRECISION=common.dot_precision(x.dtype),
+        meta = dict(FLAT_N=flat, PIXELS_INNER=pixels, PLANES=planes, DEPTH=(D, O, T) != (1, 1, 1), WIDE_INDEX=wide, INPUT_PRECISION=common.dot_precision(x.dtype),
                     UPCAST=common.upcast_operands(x.dtype), ACC_DTYPE=common.accumulator_dtype(x.dtype))
         self.gemm = common.KernelLaunch(implicit_grad_weight_kernel, grid, scalars, meta)
         if splits > 1:
