@@ -43,6 +43,25 @@ def host_us(fn, calls=20):
     return elapsed / calls * 1e6
 
 
+def host_profile(fn, calls=100):
+    """cProfile of ``calls`` public calls queued behind a sleeping kernel: where the host time goes."""
+    import cProfile
+    import io
+    import pstats
+
+    torch.cuda.synchronize()
+    torch.cuda._sleep(200_000_000)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(calls):
+        fn()
+    profiler.disable()
+    torch.cuda.synchronize()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(22)
+    return text.getvalue()
+
+
 def device_us(fn, calls=5):
     """Device µs per call of each kernel name (torch.profiler's CUDA activity)."""
     from torch.profiler import ProfilerActivity, profile
@@ -72,6 +91,8 @@ def main():
     parser.add_argument("--layers", nargs="+", default=["L4", "L5", "S1", "R2", "R3", "R4", "R5", "L2", "L3"])
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "tf32"])
     parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument("--profile-host", nargs="*", default=[], metavar="LAYER",
+                        help="also print a cProfile of the public call's host time on these layers")
     parser.add_argument("--json")
     args = parser.parse_args()
     from triton.testing import do_bench
@@ -130,6 +151,8 @@ def measure(layer, dtype, args, do_bench):
           f"host {row['host_us']:.0f} us (cudnn {row['cudnn_host_us']:.0f}); splits {row['splits']} "
           f"tile {row['tile']}; err {row['rel_err']:.1e} equal={row['bitwise_equal']}", flush=True)
     print(f"   device us: {row['device_us']}", flush=True)
+    if layer in args.profile_host:
+        print(host_profile(ours), flush=True)
     if not args.no_sweep:
         saved = kernel.configs
         kernel.configs, kernel.cache = [best], {}

@@ -142,3 +142,16 @@ def test_plane_reads_only_where_they_apply():
             kgw.grad_weight(xo, dyo, other, planes=True)
     assert rel_err(kgw.grad_weight(x, dy, g, planes=False),
                    kgw.grad_weight_reference(x.double(), dy.double(), g)) <= TOLERANCE[torch.float32]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_nhwc_pair_moves_both_operands_in_one_launch(dtype):
+    """The one-launch transpose of x and dy (NCHW calls on a GPU) gives both channels-last copies exactly,
+    with an RGB input (narrow tiles) beside a 70-filter gradient (ragged tiles)."""
+    gen = seeded_generator("nhwc_pair", dtype)
+    x = torch.randn((2, 3, 9, 13), generator=gen).to(DEVICE, dtype)
+    dy = torch.randn((2, 70, 5, 7), generator=gen).to(DEVICE, dtype)
+    x_nhwc, dy_nhwc = kgw.nhwc_pair(x, dy)
+    for ours, src in ((x_nhwc, x), (dy_nhwc, dy)):
+        assert ours.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(ours, src)

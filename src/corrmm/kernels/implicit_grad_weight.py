@@ -400,7 +400,75 @@ def prepare_operands(x: torch.Tensor, dy: torch.Tensor, pixels: bool):
     if x.dim() == 5:
         return (x.contiguous(memory_format=torch.channels_last_3d),
                 dy.contiguous(memory_format=torch.channels_last_3d))
+    if _both_nchw(x, dy):
+        return nhwc_pair(x, dy)
     return transpose.as_nhwc(x), transpose.as_nhwc(dy)
+
+
+def _both_nchw(x: torch.Tensor, dy: torch.Tensor) -> bool:
+    return (x.is_contiguous() and dy.is_contiguous() and transpose.supported(x) and transpose.supported(dy)
+            and x.shape[0] == dy.shape[0] and x.dtype == dy.dtype)
+
+
+# ---- both operands to NHWC in one launch ----------------------------------------------------------
+#
+# An NCHW call needs x and dy channels-last. Two transposes are two launches, and on small layers a
+# launch's host time (~10-20 µs through Triton's launcher) is a visible part of the whole call, so one
+# kernel moves both: programs [0, x_tiles) move tiles of x, the rest tiles of dy (the same batch).
+
+@triton.jit
+def _transpose_tile(src_ptr, dst_ptr, tile, batch, ROWS, COLS, WIDE_INDEX: tl.constexpr,
+                    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """One BLOCK_R x BLOCK_C tile of image ``batch``: (ROWS, COLS) dense -> (COLS, ROWS) dense."""
+    col_tiles = tl.cdiv(COLS, BLOCK_C)
+    offs_r = (tile // col_tiles) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_c = (tile % col_tiles) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = (offs_r < ROWS)[:, None] & (offs_c < COLS)[None, :]
+    base = widen(batch, WIDE_INDEX) * ROWS * COLS
+    rows = widen(offs_r, WIDE_INDEX)
+    cols = widen(offs_c, WIDE_INDEX)
+    values = tl.load(src_ptr + base + rows[:, None] * COLS + cols[None, :], mask=mask)
+    tl.store(dst_ptr + base + cols[None, :] * ROWS + rows[:, None], values, mask=mask)
+
+
+@triton.jit
+def nhwc_pair_kernel(
+    x_ptr, x_out_ptr, dy_ptr, dy_out_ptr,
+    C, HW, K, PQ, x_tiles,
+    WIDE_INDEX: tl.constexpr,
+    BLOCK_RX: tl.constexpr, BLOCK_CX: tl.constexpr, BLOCK_RY: tl.constexpr, BLOCK_CY: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    batch = tl.program_id(1)
+    if pid < x_tiles:
+        _transpose_tile(x_ptr, x_out_ptr, pid, batch, C, HW, WIDE_INDEX, BLOCK_RX, BLOCK_CX)
+    else:
+        _transpose_tile(dy_ptr, dy_out_ptr, pid - x_tiles, batch, K, PQ, WIDE_INDEX, BLOCK_RY, BLOCK_CY)
+
+
+def nhwc_pair(x: torch.Tensor, dy: torch.Tensor):
+    """Channels-last copies of two NCHW-contiguous tensors of one batch, in one launch."""
+    x_out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    dy_out = torch.empty(dy.shape, dtype=dy.dtype, device=dy.device, memory_format=torch.channels_last)
+    key = ("nhwc_pair", tuple(x.shape), tuple(dy.shape), x.dtype, x.device)
+    common.planned(key, lambda: _nhwc_pair_launch(x, dy))(x, x_out, dy, dy_out)
+    return x_out, dy_out
+
+
+def _transpose_tile_shape(rows: int) -> tuple:
+    """(BLOCK_R, BLOCK_C): 64 x 64, or fewer, longer rows for matrices of few rows (an RGB input: C = 3)."""
+    block_r = min(64, max(8, common.bucket(rows)))
+    return block_r, 4096 // block_r
+
+
+def _nhwc_pair_launch(x: torch.Tensor, dy: torch.Tensor) -> common.KernelLaunch:
+    n, c, hw, k, pq = x.shape[0], x.shape[1], math.prod(x.shape[2:]), dy.shape[1], math.prod(dy.shape[2:])
+    (rx, cx), (ry, cy) = _transpose_tile_shape(c), _transpose_tile_shape(k)
+    x_tiles = common.cdiv(c, rx) * common.cdiv(hw, cx)
+    grid = (x_tiles + common.cdiv(k, ry) * common.cdiv(pq, cy), n)
+    wide = common.needs_wide_index(x.numel() + rx * cx, dy.numel() + ry * cy)
+    return common.KernelLaunch(nhwc_pair_kernel, grid, (c, hw, k, pq, x_tiles),
+                               dict(WIDE_INDEX=wide, BLOCK_RX=rx, BLOCK_CX=cx, BLOCK_RY=ry, BLOCK_CY=cy))
 
 
 #: a plane read (:func:`reads_planes`) needs images of a multiple of this many pixels: every BLOCK_K
