@@ -105,9 +105,6 @@ def _cuda_rule(pass_name: str, g: ConvGeometry, dtype: torch.dtype) -> str:
     if _is_plain_gemm(g):
         if pass_name == "grad_weight" and dtype in SIXTEEN_BIT:
             return "implicit"  # R3 (1x1, 256 -> 64, 56²): 0.167 ms against gemm1x1's 0.393
-        if pass_name == "grad_weight" and dtype == torch.float32 and math.prod(g.out_size) % 256 == 0:
-            # NCHW planes read as K-major tiles, which TF32 wgmma takes (implicit_grad_weight.reads_planes)
-            return "implicit"
         return "gemm1x1"
     taps = math.prod(g.kernel)
     few_channels = g.channels_per_group < FEW_CHANNELS

@@ -108,8 +108,16 @@ def test_split_k_is_bitwise_reproducible():
 
 PLANE_CASES = {
     "2d_groups2": geometry(3, 6, 10, (16, 16), (1, 1), ((0, 0), (0, 0)), groups=2),  # 256-pixel images
+    "2d_64_pixels": geometry(5, 4, 9, (8, 8), (1, 1), ((0, 0), (0, 0))),  # blocks end exactly at image ends
     "3d": geometry(2, 5, 7, (4, 8, 8), (1, 1, 1), ((0, 0),) * 3),
 }
+
+
+def test_plane_multiple_is_a_multiple_of_every_k_step():
+    """No BLOCK_K block may straddle two images: the plane multiple must be one of every tile's K step."""
+    steps = {c.kwargs["BLOCK_K"] for c in kgw.GRAD_WEIGHT_CONFIGS}
+    steps |= {tile[2] for tile in kgw._TILES_16BIT + kgw._TILES_32BIT}
+    assert all(kgw.PLANE_MULTIPLE % step == 0 for step in steps), steps
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
@@ -135,7 +143,8 @@ def test_plane_reads_only_where_they_apply():
     assert not kgw.reads_planes(g, x.contiguous(memory_format=torch.channels_last), dy)
     for other in (geometry(1, 4, 4, (16, 16), (1, 1), ((1, 0), (0, 0))),
                   geometry(1, 4, 4, (32, 32), (1, 1), ((0, 0), (0, 0)), stride=(2, 2)),
-                  geometry(1, 4, 4, (15, 17), (1, 1), ((0, 0), (0, 0)))):
+                  geometry(1, 4, 4, (15, 17), (1, 1), ((0, 0), (0, 0))),
+                  geometry(1, 4, 4, (4, 8), (1, 1), ((0, 0), (0, 0)))):  # 32 pixels
         xo, dyo = operands(other, torch.float32, "planes-other")
         assert not kgw.reads_planes(other, xo, dyo)
         with pytest.raises(ValueError, match="planes=True needs a 1x1"):

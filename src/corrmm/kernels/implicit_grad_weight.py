@@ -229,7 +229,7 @@ def implicit_grad_weight_kernel(
     for i0 in range(k_start, k_end, BLOCK_K):
         if PLANES:
             # 1x1, unit stride, no padding, NCHW operands: both tiles are rows of (channel x pixel) planes,
-            # and a block never leaves its image (the plane is a multiple of 256 pixels, as is every split),
+            # and a block never leaves its image (the plane is a multiple of every BLOCK_K, and so is every split),
             # so each row is BLOCK_K consecutive elements: vector copies, K-major A and B, no masks along K
             image = i0 // volume
             pixel0 = i0 - image * volume  # the block's first pixel within its image
@@ -447,12 +447,31 @@ def nhwc_pair_kernel(
 
 
 def nhwc_pair(x: torch.Tensor, dy: torch.Tensor):
-    """Channels-last copies of two NCHW-contiguous tensors of one batch, in one launch."""
-    x_out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-    dy_out = torch.empty(dy.shape, dtype=dy.dtype, device=dy.device, memory_format=torch.channels_last)
+    """Channels-last copies of two NCHW-contiguous tensors of one batch, in one launch (and one allocation:
+    the two copies are views of one buffer, dy's starting on a 256-byte boundary)."""
     key = ("nhwc_pair", tuple(x.shape), tuple(dy.shape), x.dtype, x.device)
-    common.planned(key, lambda: _nhwc_pair_launch(x, dy))(x, x_out, dy, dy_out)
-    return x_out, dy_out
+    return common.planned(key, lambda: _NhwcPair(x, dy))(x, dy)
+
+
+def _nhwc_strides(shape) -> tuple:
+    n, c, h, w = shape
+    return c * h * w, 1, w * c, c
+
+
+class _NhwcPair:
+    def __init__(self, x: torch.Tensor, dy: torch.Tensor):
+        self.x_shape, self.dy_shape = tuple(x.shape), tuple(dy.shape)
+        self.x_strides, self.dy_strides = _nhwc_strides(x.shape), _nhwc_strides(dy.shape)
+        self.dy_offset = common.cdiv(x.numel(), 128) * 128
+        self.numel = self.dy_offset + dy.numel()
+        self.launch = _nhwc_pair_launch(x, dy)
+
+    def __call__(self, x: torch.Tensor, dy: torch.Tensor):
+        buffer = torch.empty(self.numel, dtype=x.dtype, device=x.device)
+        x_out = buffer.as_strided(self.x_shape, self.x_strides)
+        dy_out = buffer.as_strided(self.dy_shape, self.dy_strides, self.dy_offset)
+        self.launch(x, x_out, dy, dy_out)
+        return x_out, dy_out
 
 
 def _transpose_tile_shape(rows: int) -> tuple:
@@ -471,9 +490,10 @@ def _nhwc_pair_launch(x: torch.Tensor, dy: torch.Tensor) -> common.KernelLaunch:
                                dict(WIDE_INDEX=wide, BLOCK_RX=rx, BLOCK_CX=cx, BLOCK_RY=ry, BLOCK_CY=cy))
 
 
-#: a plane read (:func:`reads_planes`) needs images of a multiple of this many pixels: every BLOCK_K
-#: and every split chunk then stays inside one image
-PLANE_MULTIPLE = 256
+#: a plane read (:func:`reads_planes`) needs images of a multiple of this many pixels, a multiple of
+#: every BLOCK_K of the tile lists: blocks start at multiples of BLOCK_K (splits at multiples of 256),
+#: so none then straddles two images (ResNet's 56² = 3136 = 49·64 qualifies)
+PLANE_MULTIPLE = 64
 
 
 def reads_planes(g: ConvGeometry, x: torch.Tensor, dy: torch.Tensor) -> bool:
@@ -584,8 +604,13 @@ class _GradWeightPlan:
         k_per_split = common.cdiv(common.cdiv(reduction, splits), 256) * 256
         self.splits = splits = common.cdiv(reduction, k_per_split)
         self.workspace_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        dw = _as_3d(_new_weight(x, g.weight_shape, out_format), g.ndim)
-        target = self._workspace(dw) if splits > 1 else dw
+        dw_2d_or_3d = _new_weight(x, g.weight_shape, out_format)
+        dw = _as_3d(dw_2d_or_3d, g.ndim)
+        if splits > 1:
+            partials = self._workspace(dw_2d_or_3d)
+            target = partials.unsqueeze(3) if g.ndim == 2 else partials  # (splits, K, Cg, T, R, S)
+        else:
+            target = dw
         split_stride = target.stride(0) if splits > 1 else 0
         x3, dy3 = _as_3d(x, g.ndim), _as_3d(dy, g.ndim)
         pads = [0, 0] + [sum(p) for p in g.padding] + ([0] if g.ndim == 2 else [])
@@ -616,22 +641,22 @@ class _GradWeightPlan:
                 split_sum_kernel, (common.cdiv(numel, block),), (numel, splits),
                 dict(WIDE_INDEX=common.needs_wide_index(target.numel() + block), BLOCK=block))
 
-    def _workspace(self, dw3: torch.Tensor) -> torch.Tensor:
-        """(splits, K, Cg, T, R, S) partials, each split's slice dense in dw3's own element order."""
-        numel = dw3.numel()
-        partials = torch.empty(self.splits * numel, dtype=self.workspace_dtype, device=dw3.device)
-        return partials.as_strided((self.splits, *dw3.shape), (numel, *dw3.stride()))
+    def _workspace(self, dw: torch.Tensor) -> torch.Tensor:
+        """(splits, K, Cg, [T,] R, S) partials, each split's slice dense in dw's own element order."""
+        numel = dw.numel()
+        partials = torch.empty(self.splits * numel, dtype=self.workspace_dtype, device=dw.device)
+        return partials.as_strided((self.splits, *dw.shape), (numel, *dw.stride()))
 
     def __call__(self, x: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+        # the 2-D tensors go in as they are: the launch's scalars already hold their strides as 3-D
+        # ones (depth 1), and a launch reads only the data pointers
         dw = _new_weight(x, self.weight_shape, self.out_format)
-        dw3 = _as_3d(dw, self.ndim)
-        x3, dy3 = _as_3d(x, self.ndim), _as_3d(dy, self.ndim)
         if self.splits > 1:
-            partials = self._workspace(dw3)
-            self.gemm(x3, dy3, partials)
-            self.split_sum(partials, dw3)
+            partials = self._workspace(dw)
+            self.gemm(x, dy, partials)
+            self.split_sum(partials, dw)
         else:
-            self.gemm(x3, dy3, dw3)
+            self.gemm(x, dy, dw)
         return dw
 
 
