@@ -26,7 +26,7 @@ the digit sums with at most one carry per digit (q + kq < 2Q, and so on). So
 the loop does no vector division, and every pixel vector is a loop-invariant
 vector plus scalars, which the compiler materialises in each load's own layout.
 
-**Two tile orientations** (``PIXELS_INNER``, see :func:`pixels_inner`):
+**Tile orientations** (``PIXELS_INNER``, see :func:`pixels_inner`; ``PLANES``, see :func:`reads_planes`):
 
 * channels innermost (NHWC operands), the default: the A tile (filters x
   pixels) and the B tile (pixels x channels) are contiguous along M and N, so
@@ -36,7 +36,14 @@ vector plus scalars, which the compiler materialises in each load's own layout.
   copy), for 32-bit operands with flattened columns: the A tile's rows and the
   B tile, loaded as (columns x pixels) and transposed in place (a view of
   shared memory, no data movement), are both K-major, the only order TF32
-  wgmma reads. The copies are 4-byte elements, consecutive along a pixel row.
+  wgmma reads. The copies are 4-byte elements, consecutive along a pixel row;
+* planes (1x1, unit-stride, unpadded layers on NCHW operands, any dtype): a
+  channel's pixels are one contiguous row of x and of dy, so both tiles are
+  K-major rows of 16-byte vectors read in place, with no layout copy at all
+  and no digit arithmetic (a block never straddles two images).
+
+On an NCHW call the channels-innermost tiles need NHWC copies of x and dy;
+:func:`nhwc_pair` makes both in one launch (and one allocation).
 
 **Split-K.** M·N is one filter bank and K is huge, so the tiles alone rarely fill
 the GPU: the K range is cut into ``splits`` equal chunks. Each split writes its
