@@ -514,10 +514,16 @@ def reads_planes(g: ConvGeometry, x: torch.Tensor, dy: torch.Tensor) -> bool:
     when x is not channels-last (then the NHWC tiles read it as it is) and each
     image has a multiple of :data:`PLANE_MULTIPLE` pixels.
     """
+    return (_plane_geometry(g) and weight_format(x) == torch.contiguous_format
+            and weight_format(dy) == torch.contiguous_format)
+
+
+@functools.lru_cache(maxsize=1024)
+def _plane_geometry(g: ConvGeometry) -> bool:
+    """1x1, unit stride and dilation, no padding, and images of a multiple of PLANE_MULTIPLE pixels."""
     plain = (all(k == 1 for k in g.kernel) and all(s == 1 for s in g.stride)
              and all(d == 1 for d in g.dilation) and all(p == (0, 0) for p in g.padding))
-    return (plain and math.prod(g.out_size) % PLANE_MULTIPLE == 0 and weight_format(x) == torch.contiguous_format
-            and weight_format(dy) == torch.contiguous_format)
+    return plain and math.prod(g.out_size) % PLANE_MULTIPLE == 0
 
 
 def use_flat_columns(channels_per_group: int) -> bool:
@@ -639,7 +645,8 @@ class _GradWeightPlan:
             # N_BUCKET: a tile's columns span the whole patch when flat, one tap's channels otherwise
             common.bucket(Kg), common.bucket(patch if flat else Cg), common.bucket(k_per_split),
         )
-        meta = dict(FLAT_N=flat, PIXELS_INNER=pixels, PLANES=planes, DEPTH=(D, O, T) != (1, 1, 1), WIDE_INDEX=wide, INPUT_PRECISION=common.dot_precision(x.dtype),
+        meta = dict(FLAT_N=flat, PIXELS_INNER=pixels, PLANES=planes, DEPTH=(D, O, T) != (1, 1, 1), WIDE_INDEX=wide,
+                    INPUT_PRECISION=common.dot_precision(x.dtype),
                     UPCAST=common.upcast_operands(x.dtype), ACC_DTYPE=common.accumulator_dtype(x.dtype))
         self.gemm = common.KernelLaunch(implicit_grad_weight_kernel, grid, scalars, meta)
         if splits > 1:
