@@ -4,7 +4,7 @@ Shapes (3-D; a 2-D problem runs with D = O = T = 1, a 1-D one also with H = 1), 
 
     x  (N, C, D, H, W)       any strides
     dy (N, K, O, P, Q)       any strides
-    dw (K, C/G, T, R, S)     allocated (K, T, R, S, C/G) in memory: channels innermost
+    dw (K, C/G, T, R, S)     in x's memory format: NCHW (NCDHW) or channels innermost
 
     dw[g·Kg + k, c, t, r, s] = Σ_{n, o, p, q} dy[n, g·Kg + k, o, p, q]
                                  · x[n, g·Cg + c, o·sd + t·dd - pd, p·sh + r·dh - ph, q·sw + s·dw - pw]
@@ -26,7 +26,7 @@ the digit sums with at most one carry per digit (q + kq < 2Q, and so on). So
 the loop does no vector division, and every pixel vector is a loop-invariant
 vector plus scalars, which the compiler materialises in each load's own layout.
 
-**Two tile orientations** (``PIXELS_INNER``, see :func:`pixels_inner`):
+**Tile orientations** (``PIXELS_INNER``, see :func:`pixels_inner`; ``PLANES``, see :func:`reads_planes`):
 
 * channels innermost (NHWC operands), the default: the A tile (filters x
   pixels) and the B tile (pixels x channels) are contiguous along M and N, so
@@ -36,7 +36,14 @@ vector plus scalars, which the compiler materialises in each load's own layout.
   copy), for 32-bit operands with flattened columns: the A tile's rows and the
   B tile, loaded as (columns x pixels) and transposed in place (a view of
   shared memory, no data movement), are both K-major, the only order TF32
-  wgmma reads. The copies are 4-byte elements, consecutive along a pixel row.
+  wgmma reads. The copies are 4-byte elements, consecutive along a pixel row;
+* planes (1x1, unit-stride, unpadded layers on NCHW operands, any dtype): a
+  channel's pixels are one contiguous row of x and of dy, so both tiles are
+  K-major rows of 16-byte vectors read in place, with no layout copy at all
+  and no digit arithmetic (a block never straddles two images).
+
+On an NCHW call the channels-innermost tiles need NHWC copies of x and dy;
+:func:`nhwc_pair` makes both in one launch (and one allocation).
 
 **Split-K.** M·N is one filter bank and K is huge, so the tiles alone rarely fill
 the GPU: the K range is cut into ``splits`` equal chunks. Each split writes its
@@ -45,6 +52,11 @@ the partials in split order, 0, 1, 2, ..., and casts: no atomics, so the result
 is bit-for-bit the same on every run. With one split the GEMM kernel writes dw
 directly in its dtype. :func:`choose_splits` picks the count from the waves of
 programs over the SMs, the K steps per program, and the partial sums' traffic.
+
+**The result's layout.** dw is allocated in the caller's memory format (x's:
+NCHW unless x is channels_last), and each split's partial slice has dw's own
+element order, so the sum is one flat pass that writes dw where the caller wants
+it: no layout copy follows (the epilogue's stores take any strides).
 
 Loop nest (one program = one BLOCK_M x BLOCK_N tile of one split of one group)::
 
@@ -61,6 +73,7 @@ Loop nest (one program = one BLOCK_M x BLOCK_N tile of one split of one group)::
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +82,7 @@ import triton.language as tl
 
 from .. import config
 from ..geometry import ConvGeometry
+from ..memory_format import memory_format_of
 from . import common, transpose
 from .common import multiply_accumulate, widen
 
@@ -77,6 +91,7 @@ from .common import multiply_accumulate, widen
 #: pointer per element: wider steps run out of registers)
 _TILES_16BIT = [
     (128, 128, 64, 8, 3),
+    (128, 128, 64, 8, 4),   # short per-program loops (small images, many splits): one more load in flight
     (128, 256, 64, 8, 3),
     (128, 128, 32, 4, 4),
     (64, 128, 64, 4, 4),
@@ -125,7 +140,8 @@ _SUM_LAUNCH_SECONDS = 4e-6
 
 
 @triton.autotune(configs=GRAD_WEIGHT_CONFIGS,
-                 key=["M_BUCKET", "N_BUCKET", "K_BUCKET", "FLAT_N", "PIXELS_INNER", "DEPTH", "INPUT_PRECISION"],
+                 key=["M_BUCKET", "N_BUCKET", "K_BUCKET", "FLAT_N", "PIXELS_INNER", "PLANES", "DEPTH",
+                      "INPUT_PRECISION"],
                  prune_configs_by={"early_config_prune": _prune}, **common.TUNER_OPTIONS)
 @triton.jit
 def implicit_grad_weight_kernel(
@@ -144,7 +160,8 @@ def implicit_grad_weight_kernel(
     # autotuning keys only
     M_BUCKET, N_BUCKET, K_BUCKET,
     # meta-parameters
-    FLAT_N: tl.constexpr, PIXELS_INNER: tl.constexpr, DEPTH: tl.constexpr, WIDE_INDEX: tl.constexpr,
+    FLAT_N: tl.constexpr, PIXELS_INNER: tl.constexpr, PLANES: tl.constexpr, DEPTH: tl.constexpr,
+    WIDE_INDEX: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -217,61 +234,73 @@ def implicit_grad_weight_kernel(
 
     # ---- K loop
     for i0 in range(k_start, k_end, BLOCK_K):
-        # each pixel's digits: the block's first pixel plus k's digits, one carry per digit
-        q = q0 + kq
-        carry = q >= Q
-        q = tl.where(carry, q - Q, q)
-        p = p0 + kp + carry.to(tl.int32)
-        carry = p >= P
-        p = tl.where(carry, p - P, p)
-        if DEPTH:
-            o = o0 + ko + carry.to(tl.int32)
-            carry = o >= O
-            o = tl.where(carry, o - O, o)
-        n = n0 + kn + carry.to(tl.int32)
-        k_valid = offs_k < k_end - i0
-
-        # input position of tap 0 (the padding is folded into the tap offsets)
-        h_in = p * conv_stride_h
-        w_in = q * conv_stride_w
-        pixel_dy = n * stride_dyn + p * stride_dyp + q * stride_dyq
-        pixel_x = n * stride_xn + h_in * stride_xh + w_in * stride_xw
-        if DEPTH:
-            d_in = o * conv_stride_d
-            pixel_dy += o * stride_dyo
-            pixel_x += d_in * stride_xd
+        if PLANES:
+            # 1x1, unit stride, no padding, NCHW operands: both tiles are rows of (channel x pixel) planes,
+            # and a block never leaves its image (the plane is a multiple of every BLOCK_K, and so is every split),
+            # so each row is BLOCK_K consecutive elements: vector copies, K-major A and B, no masks along K
+            image = i0 // volume
+            pixel0 = i0 - image * volume  # the block's first pixel within its image
+            pixels_dy = tl.max_contiguous(tl.multiple_of(image * stride_dyn + pixel0 + offs_k, BLOCK_K), BLOCK_K)
+            pixels_x = tl.max_contiguous(tl.multiple_of(image * stride_xn + pixel0 + offs_k, BLOCK_K), BLOCK_K)
+            a = tl.load(dy_ptr + dy_rows[:, None] + pixels_dy[None, :], mask=m_valid[:, None], other=0.0)
+            b_t = tl.load(x_ptr + x_cols[:, None] + pixels_x[None, :], mask=n_valid[:, None], other=0.0)
+            acc = multiply_accumulate(acc, a, tl.trans(b_t), INPUT_PRECISION, UPCAST)
         else:
-            d_in = h_in  # unused: a 2-D problem has one depth position
-        a = tl.load(dy_ptr + dy_rows[:, None] + pixel_dy[None, :],
-                    mask=m_valid[:, None] & k_valid[None, :], other=0.0)
-        if PIXELS_INNER:
-            # (channels x pixels), pixels along the rows: its transpose is a K-major B tile
-            inside = _inside(tap_d, tap_h, tap_w, d_in, h_in, w_in, D, H, W, FLAT_N, DEPTH)
-            if not FLAT_N:
-                inside = inside[None, :]
-            inside = inside & k_valid[None, :]
-            b_t = tl.load(x_ptr + x_cols[:, None] + pixel_x[None, :], mask=inside & n_valid[:, None], other=0.0)
-            b = tl.trans(b_t)
-        else:
-            inside = _inside(d_in, h_in, w_in, tap_d, tap_h, tap_w, D, H, W, FLAT_N, DEPTH)
-            if not FLAT_N:
-                inside = inside[:, None]
-            inside = inside & k_valid[:, None]
-            b = tl.load(x_ptr + pixel_x[:, None] + x_cols[None, :], mask=inside & n_valid[None, :], other=0.0)
-        acc = multiply_accumulate(acc, a, b, INPUT_PRECISION, UPCAST)
+            # each pixel's digits: the block's first pixel plus k's digits, one carry per digit
+            q = q0 + kq
+            carry = q >= Q
+            q = tl.where(carry, q - Q, q)
+            p = p0 + kp + carry.to(tl.int32)
+            carry = p >= P
+            p = tl.where(carry, p - P, p)
+            if DEPTH:
+                o = o0 + ko + carry.to(tl.int32)
+                carry = o >= O
+                o = tl.where(carry, o - O, o)
+            n = n0 + kn + carry.to(tl.int32)
+            k_valid = offs_k < k_end - i0
 
-        # the next block's first pixel: add the step's digits with carries (no division in the loop)
-        q0 += step_q
-        carry0 = (q0 >= Q).to(tl.int32)
-        q0 -= carry0 * Q
-        p0 += step_p + carry0
-        carry0 = (p0 >= P).to(tl.int32)
-        p0 -= carry0 * P
-        if DEPTH:
-            o0 += step_o + carry0
-            carry0 = (o0 >= O).to(tl.int32)
-            o0 -= carry0 * O
-        n0 += step_n + carry0
+            # input position of tap 0 (the padding is folded into the tap offsets)
+            h_in = p * conv_stride_h
+            w_in = q * conv_stride_w
+            pixel_dy = n * stride_dyn + p * stride_dyp + q * stride_dyq
+            pixel_x = n * stride_xn + h_in * stride_xh + w_in * stride_xw
+            if DEPTH:
+                d_in = o * conv_stride_d
+                pixel_dy += o * stride_dyo
+                pixel_x += d_in * stride_xd
+            else:
+                d_in = h_in  # unused: a 2-D problem has one depth position
+            a = tl.load(dy_ptr + dy_rows[:, None] + pixel_dy[None, :],
+                        mask=m_valid[:, None] & k_valid[None, :], other=0.0)
+            if PIXELS_INNER:
+                # (channels x pixels), pixels along the rows: its transpose is a K-major B tile
+                inside = _inside(tap_d, tap_h, tap_w, d_in, h_in, w_in, D, H, W, FLAT_N, DEPTH)
+                if not FLAT_N:
+                    inside = inside[None, :]
+                inside = inside & k_valid[None, :]
+                b_t = tl.load(x_ptr + x_cols[:, None] + pixel_x[None, :], mask=inside & n_valid[:, None], other=0.0)
+                b = tl.trans(b_t)
+            else:
+                inside = _inside(d_in, h_in, w_in, tap_d, tap_h, tap_w, D, H, W, FLAT_N, DEPTH)
+                if not FLAT_N:
+                    inside = inside[:, None]
+                inside = inside & k_valid[:, None]
+                b = tl.load(x_ptr + pixel_x[:, None] + x_cols[None, :], mask=inside & n_valid[None, :], other=0.0)
+            acc = multiply_accumulate(acc, a, b, INPUT_PRECISION, UPCAST)
+
+            # the next block's first pixel: add the step's digits with carries (no division in the loop)
+            q0 += step_q
+            carry0 = (q0 >= Q).to(tl.int32)
+            q0 -= carry0 * Q
+            p0 += step_p + carry0
+            carry0 = (p0 >= P).to(tl.int32)
+            p0 -= carry0 * P
+            if DEPTH:
+                o0 += step_o + carry0
+                carry0 = (o0 >= O).to(tl.int32)
+                o0 -= carry0 * O
+            n0 += step_n + carry0
 
     # ---- epilogue: dw[g·Kg + k, c, t, r, s], or this split's partial of it
     dw_rows = widen(split, WIDE_INDEX) * stride_dwsplit + widen(group * Kg + offs_m, WIDE_INDEX) * stride_dwk
@@ -378,7 +407,123 @@ def prepare_operands(x: torch.Tensor, dy: torch.Tensor, pixels: bool):
     if x.dim() == 5:
         return (x.contiguous(memory_format=torch.channels_last_3d),
                 dy.contiguous(memory_format=torch.channels_last_3d))
+    if _both_nchw(x, dy):
+        return nhwc_pair(x, dy)
     return transpose.as_nhwc(x), transpose.as_nhwc(dy)
+
+
+def _both_nchw(x: torch.Tensor, dy: torch.Tensor) -> bool:
+    return (x.is_contiguous() and dy.is_contiguous() and transpose.supported(x) and transpose.supported(dy)
+            and x.shape[0] == dy.shape[0] and x.dtype == dy.dtype)
+
+
+# ---- both operands to NHWC in one launch ----------------------------------------------------------
+#
+# An NCHW call needs x and dy channels-last. Two transposes are two launches, and on small layers a
+# launch's host time (~10-20 µs through Triton's launcher) is a visible part of the whole call, so one
+# kernel moves both: programs [0, x_tiles) move tiles of x, the rest tiles of dy (the same batch).
+
+@triton.jit
+def _transpose_tile(src_ptr, dst_ptr, tile, batch, ROWS, COLS, WIDE_INDEX: tl.constexpr,
+                    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """One BLOCK_R x BLOCK_C tile of image ``batch``: (ROWS, COLS) dense -> (COLS, ROWS) dense."""
+    col_tiles = tl.cdiv(COLS, BLOCK_C)
+    offs_r = (tile // col_tiles) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_c = (tile % col_tiles) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = (offs_r < ROWS)[:, None] & (offs_c < COLS)[None, :]
+    base = widen(batch, WIDE_INDEX) * ROWS * COLS
+    rows = widen(offs_r, WIDE_INDEX)
+    cols = widen(offs_c, WIDE_INDEX)
+    values = tl.load(src_ptr + base + rows[:, None] * COLS + cols[None, :], mask=mask)
+    tl.store(dst_ptr + base + cols[None, :] * ROWS + rows[:, None], values, mask=mask)
+
+
+@triton.jit
+def nhwc_pair_kernel(
+    x_ptr, x_out_ptr, dy_ptr, dy_out_ptr,
+    C, HW, K, PQ, x_tiles,
+    WIDE_INDEX: tl.constexpr,
+    BLOCK_RX: tl.constexpr, BLOCK_CX: tl.constexpr, BLOCK_RY: tl.constexpr, BLOCK_CY: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    batch = tl.program_id(1)
+    if pid < x_tiles:
+        _transpose_tile(x_ptr, x_out_ptr, pid, batch, C, HW, WIDE_INDEX, BLOCK_RX, BLOCK_CX)
+    else:
+        _transpose_tile(dy_ptr, dy_out_ptr, pid - x_tiles, batch, K, PQ, WIDE_INDEX, BLOCK_RY, BLOCK_CY)
+
+
+def nhwc_pair(x: torch.Tensor, dy: torch.Tensor):
+    """Channels-last copies of two NCHW-contiguous tensors of one batch, in one launch (and one allocation:
+    the two copies are views of one buffer, dy's starting on a 256-byte boundary)."""
+    key = ("nhwc_pair", tuple(x.shape), tuple(dy.shape), x.dtype, x.device)
+    return common.planned(key, lambda: _NhwcPair(x, dy))(x, dy)
+
+
+def _nhwc_strides(shape) -> tuple:
+    n, c, h, w = shape
+    return c * h * w, 1, w * c, c
+
+
+class _NhwcPair:
+    def __init__(self, x: torch.Tensor, dy: torch.Tensor):
+        self.x_shape, self.dy_shape = tuple(x.shape), tuple(dy.shape)
+        self.x_strides, self.dy_strides = _nhwc_strides(x.shape), _nhwc_strides(dy.shape)
+        self.dy_offset = common.cdiv(x.numel(), 128) * 128
+        self.numel = self.dy_offset + dy.numel()
+        self.launch = _nhwc_pair_launch(x, dy)
+
+    def __call__(self, x: torch.Tensor, dy: torch.Tensor):
+        buffer = torch.empty(self.numel, dtype=x.dtype, device=x.device)
+        x_out = buffer.as_strided(self.x_shape, self.x_strides)
+        dy_out = buffer.as_strided(self.dy_shape, self.dy_strides, self.dy_offset)
+        self.launch(x, x_out, dy, dy_out)
+        return x_out, dy_out
+
+
+def _transpose_tile_shape(rows: int) -> tuple:
+    """(BLOCK_R, BLOCK_C): 64 x 64, or fewer, longer rows for matrices of few rows (an RGB input: C = 3)."""
+    block_r = min(64, max(8, common.bucket(rows)))
+    return block_r, 4096 // block_r
+
+
+def _nhwc_pair_launch(x: torch.Tensor, dy: torch.Tensor) -> common.KernelLaunch:
+    n, c, hw, k, pq = x.shape[0], x.shape[1], math.prod(x.shape[2:]), dy.shape[1], math.prod(dy.shape[2:])
+    (rx, cx), (ry, cy) = _transpose_tile_shape(c), _transpose_tile_shape(k)
+    x_tiles = common.cdiv(c, rx) * common.cdiv(hw, cx)
+    grid = (x_tiles + common.cdiv(k, ry) * common.cdiv(pq, cy), n)
+    wide = common.needs_wide_index(x.numel() + rx * cx, dy.numel() + ry * cy)
+    return common.KernelLaunch(nhwc_pair_kernel, grid, (c, hw, k, pq, x_tiles),
+                               dict(WIDE_INDEX=wide, BLOCK_RX=rx, BLOCK_CX=cx, BLOCK_RY=ry, BLOCK_CY=cy))
+
+
+#: a plane read (:func:`reads_planes`) needs images of a multiple of this many pixels, a multiple of
+#: every BLOCK_K of the tile lists: blocks start at multiples of BLOCK_K (splits at multiples of 256),
+#: so none then straddles two images (ResNet's 56² = 3136 = 49·64 qualifies)
+PLANE_MULTIPLE = 64
+
+
+def reads_planes(g: ConvGeometry, x: torch.Tensor, dy: torch.Tensor) -> bool:
+    """Whether both operands are read straight from NCHW planes (``PLANES``), with no layout copy.
+
+    For a 1x1, unit-stride, unpadded, undilated layer the weight gradient is
+    ``dw[k, c] = Σ_n Σ_pixel dy[n, k, pixel] · x[n, c, pixel]``: in NCHW (NCDHW)
+    tensors each channel's pixels are one contiguous row, so both tiles are
+    K-major rows of 16-byte vectors (what TF32 wgmma needs, and no transposing
+    copy of either operand; ResNet's 1x1 layers, e.g. R3: 103 MB of input). Taken
+    when x is not channels-last (then the NHWC tiles read it as it is) and each
+    image has a multiple of :data:`PLANE_MULTIPLE` pixels.
+    """
+    return (_plane_geometry(g) and weight_format(x) == torch.contiguous_format
+            and weight_format(dy) == torch.contiguous_format)
+
+
+@functools.lru_cache(maxsize=1024)
+def _plane_geometry(g: ConvGeometry) -> bool:
+    """1x1, unit stride and dilation, no padding, and images of a multiple of PLANE_MULTIPLE pixels."""
+    plain = (all(k == 1 for k in g.kernel) and all(s == 1 for s in g.stride)
+             and all(d == 1 for d in g.dilation) and all(p == (0, 0) for p in g.padding))
+    return plain and math.prod(g.out_size) % PLANE_MULTIPLE == 0
 
 
 def use_flat_columns(channels_per_group: int) -> bool:
@@ -387,24 +532,36 @@ def use_flat_columns(channels_per_group: int) -> bool:
 
 
 def grad_weight(x: torch.Tensor, dy: torch.Tensor, g: ConvGeometry, splits: int = None,
-                flat: bool = None, pixels: bool = None) -> torch.Tensor:
+                flat: bool = None, pixels: bool = None, planes: bool = None) -> torch.Tensor:
     """dw (K, C/G, [T,] R, S) from x (N, C, [D,] H, W) and dy (N, K, [O,] P, Q); 2-D or 3-D geometry.
 
-    The result is dense with channels innermost (channels_last). ``splits``,
-    ``flat`` and ``pixels`` override the split-K count, the column layout and
-    the tile orientation (tests).
+    The result is dense in x's memory format (:func:`weight_format`). ``splits``,
+    ``flat``, ``pixels`` and ``planes`` override the split-K count, the column
+    layout, the tile orientation and the plane read (tests; ``planes=True`` only
+    where :func:`reads_planes` holds).
     """
     if g.ndim not in (2, 3) or x.dim() != g.ndim + 2 or dy.dim() != g.ndim + 2:
         raise ValueError(f"implicit grad_weight takes 2-D or 3-D problems (1-D as H = 1): geometry of "
                          f"{g.ndim} dims, x of {x.dim()} and dy of {dy.dim()} dims")
-    if flat is None:
-        flat = use_flat_columns(g.channels_per_group)
-    if pixels is None:
-        pixels = pixels_inner(x.dtype, flat)
-    x, dy = prepare_operands(x, dy, pixels)
-    key = ("grad_weight", g, x.stride(), dy.stride(), x.dtype, x.device, splits, flat, pixels,
+    out_format = weight_format(x)
+    if planes is None:
+        planes = reads_planes(g, x, dy)
+    elif planes and not reads_planes(g, x.contiguous(), dy.contiguous()):
+        raise ValueError("planes=True needs a 1x1, unit-stride, unpadded layer whose images have a multiple of "
+                         f"{PLANE_MULTIPLE} pixels; got kernel {g.kernel}, stride {g.stride}, padding {g.padding}, "
+                         f"output {g.out_size}")
+    if planes:
+        flat, pixels = False, False
+        x, dy = x.contiguous(), dy.contiguous()
+    else:
+        if flat is None:
+            flat = use_flat_columns(g.channels_per_group)
+        if pixels is None:
+            pixels = pixels_inner(x.dtype, flat)
+        x, dy = prepare_operands(x, dy, pixels)
+    key = ("grad_weight", g, x.stride(), dy.stride(), x.dtype, x.device, splits, flat, pixels, planes, out_format,
            common.dot_precision(x.dtype), config.workspace_limit())
-    plan = common.planned(key, lambda: _GradWeightPlan(x, dy, g, splits, flat, pixels))
+    plan = common.planned(key, lambda: _GradWeightPlan(x, dy, g, splits, flat, pixels, out_format, planes))
     return plan(x, dy)
 
 
@@ -420,26 +577,32 @@ def _geometry_3d(g: ConvGeometry):
             (0, *g.pad_low))
 
 
-def _new_weight(x: torch.Tensor, shape) -> torch.Tensor:
-    """dw, dense with channels innermost (NaN-filled when corrmm poisons outputs)."""
-    if len(shape) == 4:
-        return common.new_nhwc(x, shape)
-    out = torch.empty(tuple(shape), dtype=x.dtype, device=x.device, memory_format=torch.channels_last_3d)
+def _new_weight(x: torch.Tensor, shape, memory_format: torch.memory_format) -> torch.Tensor:
+    """dw, dense in ``memory_format`` (NaN-filled when corrmm poisons outputs)."""
+    out = torch.empty(tuple(shape), dtype=x.dtype, device=x.device, memory_format=memory_format)
     if config.poisoning():
         out.fill_(float("nan"))
     return out
 
 
+def weight_format(x: torch.Tensor) -> torch.memory_format:
+    """The memory format dw is returned in: x's own (channels_last or channels_last_3d when x is stored
+    that way, contiguous otherwise), so the caller gets the layout it would ask for without a copy."""
+    return memory_format_of(x)
+
+
 class _GradWeightPlan:
     """The two launches of one weight-gradient problem (GEMM with split-K, then the fixed-order sum)."""
 
-    def __init__(self, x: torch.Tensor, dy: torch.Tensor, g: ConvGeometry, splits, flat, pixels):
+    def __init__(self, x: torch.Tensor, dy: torch.Tensor, g: ConvGeometry, splits, flat, pixels,
+                 out_format: torch.memory_format, planes: bool = False):
         (D, H, W), (T, R, S), (O, P, Q), stride, dilation, pad_low = _geometry_3d(g)
         N, Cg, Kg, G = g.batch, g.channels_per_group, g.filters_per_group, g.groups
         if flat is None:
             flat = use_flat_columns(Cg)
         self.ndim = g.ndim
         self.weight_shape = g.weight_shape
+        self.out_format = out_format
         reduction = N * O * P * Q
         patch = Cg * T * R * S
         if splits is None:
@@ -453,11 +616,14 @@ class _GradWeightPlan:
         # a multiple of 256 is a multiple of every BLOCK_K, so only the last split has a ragged end
         k_per_split = common.cdiv(common.cdiv(reduction, splits), 256) * 256
         self.splits = splits = common.cdiv(reduction, k_per_split)
-        # (splits, K, T, R, S, Cg) in memory: each split's slice dense in dw's own element order
-        self.workspace_shape = (splits, g.out_channels, T, R, S, Cg)
         self.workspace_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        dw = _as_3d(_new_weight(x, g.weight_shape), g.ndim)
-        target = self._workspace(x) if splits > 1 else dw
+        dw_2d_or_3d = _new_weight(x, g.weight_shape, out_format)
+        dw = _as_3d(dw_2d_or_3d, g.ndim)
+        if splits > 1:
+            partials = self._workspace(dw_2d_or_3d)
+            target = partials.unsqueeze(3) if g.ndim == 2 else partials  # (splits, K, Cg, T, R, S)
+        else:
+            target = dw
         split_stride = target.stride(0) if splits > 1 else 0
         x3, dy3 = _as_3d(x, g.ndim), _as_3d(dy, g.ndim)
         pads = [0, 0] + [sum(p) for p in g.padding] + ([0] if g.ndim == 2 else [])
@@ -479,7 +645,8 @@ class _GradWeightPlan:
             # N_BUCKET: a tile's columns span the whole patch when flat, one tap's channels otherwise
             common.bucket(Kg), common.bucket(patch if flat else Cg), common.bucket(k_per_split),
         )
-        meta = dict(FLAT_N=flat, PIXELS_INNER=pixels, DEPTH=(D, O, T) != (1, 1, 1), WIDE_INDEX=wide, INPUT_PRECISION=common.dot_precision(x.dtype),
+        meta = dict(FLAT_N=flat, PIXELS_INNER=pixels, PLANES=planes, DEPTH=(D, O, T) != (1, 1, 1), WIDE_INDEX=wide,
+                    INPUT_PRECISION=common.dot_precision(x.dtype),
                     UPCAST=common.upcast_operands(x.dtype), ACC_DTYPE=common.accumulator_dtype(x.dtype))
         self.gemm = common.KernelLaunch(implicit_grad_weight_kernel, grid, scalars, meta)
         if splits > 1:
@@ -488,20 +655,22 @@ class _GradWeightPlan:
                 split_sum_kernel, (common.cdiv(numel, block),), (numel, splits),
                 dict(WIDE_INDEX=common.needs_wide_index(target.numel() + block), BLOCK=block))
 
-    def _workspace(self, like: torch.Tensor) -> torch.Tensor:
-        partials = torch.empty(self.workspace_shape, dtype=self.workspace_dtype, device=like.device)
-        return partials.permute(0, 1, 5, 2, 3, 4)
+    def _workspace(self, dw: torch.Tensor) -> torch.Tensor:
+        """(splits, K, Cg, [T,] R, S) partials, each split's slice dense in dw's own element order."""
+        numel = dw.numel()
+        partials = torch.empty(self.splits * numel, dtype=self.workspace_dtype, device=dw.device)
+        return partials.as_strided((self.splits, *dw.shape), (numel, *dw.stride()))
 
     def __call__(self, x: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
-        dw = _new_weight(x, self.weight_shape)
-        dw3 = _as_3d(dw, self.ndim)
-        x3, dy3 = _as_3d(x, self.ndim), _as_3d(dy, self.ndim)
+        # the 2-D tensors go in as they are: the launch's scalars already hold their strides as 3-D
+        # ones (depth 1), and a launch reads only the data pointers
+        dw = _new_weight(x, self.weight_shape, self.out_format)
         if self.splits > 1:
-            partials = self._workspace(x)
-            self.gemm(x3, dy3, partials)
-            self.split_sum(partials, dw3)
+            partials = self._workspace(dw)
+            self.gemm(x, dy, partials)
+            self.split_sum(partials, dw)
         else:
-            self.gemm(x3, dy3, dw3)
+            self.gemm(x, dy, dw)
         return dw
 
 
