@@ -155,7 +155,7 @@ def test_public_calls_route_small_groups_to_the_kernel(monkeypatch):
     calls = []
     original = ggw.grad_weight
     monkeypatch.setattr(ggw, "grad_weight", lambda *a, **k: calls.append(1) or original(*a, **k))
-    kw = dict(padding=1, groups=4)
+    kw = dict(border_mode=1, num_groups=4)
     gen = seeded_generator("grouped_grad_weight", "public", torch.float64)
     for fn, size, kernel in ((corrmm.corr1d_grad_weight, (9,), (3,)), (corrmm.corr2d_grad_weight, (5, 6), (3, 3)),
                              (corrmm.corr3d_grad_weight, (3, 4, 5), (3, 3, 3))):
