@@ -303,3 +303,16 @@ def test_kernel_weight_gradient_method_policy():
     assert kd.grad_weight_method(big) == "chunks"  # 81 taps: more than the taps kernel's 64 lanes
     with pytest.raises(ValueError, match="'taps' or 'chunks'"):
         kd.grad_weight(torch.zeros(big.input_shape), torch.zeros(big.output_shape), big, method="rows")
+
+
+@needs_kernels
+def test_kernel_weight_gradient_taps_launch_signature(monkeypatch):
+    """The taps kernel's launch covers every argument without a tuned config (its direct launch)."""
+    from corrmm.kernels import common, depthwise as kd
+
+    monkeypatch.setattr(common, "_PLANS", {})
+    g = kernel_geometry(KERNEL_CASES["3x3_pad1"])
+    x, dy = torch.zeros(g.input_shape, device=DEVICE), torch.zeros(g.output_shape, device=DEVICE)
+    kd.grad_weight(x, dy, g, method="taps")
+    (partials, _), = common._PLANS.values()
+    assert len(partials.kernel.arg_names) == 3 + len(partials.scalars) + len(partials.meta)

@@ -165,3 +165,12 @@ def test_public_calls_route_small_groups_to_the_kernel(monkeypatch):
         ours = fn(x, dy, kernel, algo="implicit", **kw)
         assert rel_err(ours, fn(x, dy, kernel, algo="im2col", **kw)) <= 1e-12
     assert len(calls) == 3
+
+
+def test_launch_signature():
+    """KernelLaunch's scalars, constexprs and the tuned tile cover the kernel's arguments (its direct launch)."""
+    g = GEOMETRIES["groups8_cg4_3x3_pad1"]
+    x, dy = operands(g, torch.float32, "signature")
+    plan = ggw._Plan(x, dy, g, None, 2)
+    names = plan.gemm.kernel.fn.arg_names
+    assert len(names) == 3 + len(plan.gemm.scalars) + len(plan.gemm.meta) + 2  # + BLOCK_N, BLOCK_K
