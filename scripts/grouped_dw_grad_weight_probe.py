@@ -65,7 +65,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--dtypes", default="bf16")
     parser.add_argument("--layers", default=",".join(LAYERS))
-    parser.add_argument("--variants", action="store_true")
+    parser.add_argument("--variants", action="store_true", help="every other pack / the channels-last taps input")
+    parser.add_argument("--dense", action="store_true", help="also the dense implicit kernel on grouped layers")
     args = parser.parse_args()
     from corrmm.kernels import depthwise as kd, grouped_grad_weight as ggw, implicit_grad_weight as kgw
     from corrmm.algorithms.implicit import as_2d
@@ -107,6 +108,7 @@ def main():
                         if pack != default and g.groups % pack == 0 and pack * g.channels_per_group <= 128:
                             variants[f"packed{pack}"] = (lambda p: lambda: ggw.grad_weight(lift(x), lift(dy), g2,
                                                                                             pack=p))(pack)
+                if args.dense:
                     variants["dense"] = lambda: kgw.grad_weight(lift(x), lift(dy), g2)
             line = [f"{dname} {name:5s} torch {t_torch:.4f} ms"]
             for vname, fn in variants.items():
