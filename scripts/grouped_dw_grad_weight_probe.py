@@ -56,7 +56,7 @@ def torch_grad_weight(x, dy, g):
     def run():
         return torch.ops.aten.convolution_backward(
             dy, x, w, None, g.stride, tuple(p[0] for p in g.padding), g.dilation, False, (0,) * g.ndim,
-            g.groups, (False, False, True))[2]
+            g.groups, (False, True, False))[1]
     del conv
     return run
 
@@ -66,6 +66,7 @@ def main():
     parser.add_argument("--dtypes", default="bf16")
     parser.add_argument("--layers", default=",".join(LAYERS))
     parser.add_argument("--variants", action="store_true", help="every other pack / the channels-last taps input")
+    parser.add_argument("--profile", action="store_true", help="kernel times of the default variant")
     parser.add_argument("--dense", action="store_true", help="also the dense implicit kernel on grouped layers")
     args = parser.parse_args()
     from corrmm.kernels import depthwise as kd, grouped_grad_weight as ggw, implicit_grad_weight as kgw
@@ -108,21 +109,34 @@ def main():
                         if pack != default and g.groups % pack == 0 and pack * g.channels_per_group <= 128:
                             variants[f"packed{pack}"] = (lambda p: lambda: ggw.grad_weight(lift(x), lift(dy), g2,
                                                                                             pack=p))(pack)
+                    for splits in (8, 16, 32, 64):
+                        variants[f"packed{default}-splits{splits}"] = (
+                            lambda k: lambda: ggw.grad_weight(lift(x), lift(dy), g2, splits=k))(splits)
                 if args.dense:
                     variants["dense"] = lambda: kgw.grad_weight(lift(x), lift(dy), g2)
             line = [f"{dname} {name:5s} torch {t_torch:.4f} ms"]
             for vname, fn in variants.items():
                 try:
+                    ms = bench(fn)
+                    bw = traffic / ms / 1e6
                     out = fn().reshape(g.weight_shape).float()
                     err = ((out - ref).norm() / ref.norm()).item()
                     same = torch.equal(fn(), fn())
-                    ms = bench(fn)
-                    bw = traffic / ms / 1e6
+                    tile = ""
+                    if vname.startswith("packed"):
+                        tile = f", tile {ggw.grouped_grad_weight_kernel.best_config}"
                     line.append(f"{vname} {ms:.4f} ms ({t_torch / ms:.2f}x, {bw / copy_bw:.0%} copy bw, "
-                                f"err {err:.1e}{'' if same else ', NOT DETERMINISTIC'})")
+                                f"err {err:.1e}{'' if same else ', NOT DETERMINISTIC'}{tile})")
                 except Exception as exc:  # report and go on
                     line.append(f"{vname} ERROR {type(exc).__name__}: {str(exc)[:200]}")
-            print("; ".join(line), flush=True)
+            print("\n    ".join(line), flush=True)
+            if args.profile:
+                first = next(iter(variants.values()))
+                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                    for _ in range(5):
+                        first()
+                    torch.cuda.synchronize()
+                print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=6), flush=True)
             del x, dy, ref
             torch.cuda.empty_cache()
 

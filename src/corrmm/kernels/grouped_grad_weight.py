@@ -54,9 +54,12 @@ from .common import multiply_accumulate, widen
 from .implicit_grad_weight import split_sum_kernel
 
 #: (BLOCK_N, BLOCK_K, num_warps, num_stages); BLOCK_M is the packed filter count's power of two,
-#: fixed by the host. Wide column tiles read each dy tile for more taps; 16-bit types step 64 pixels
+#: fixed by the host. Wide column tiles read each dy tile for more taps; tiles of BLOCK_N <= CB one
+#: tap each, with a cheaper mask (see the kernel)
 _TILES = [
     (64, 64, 4, 4),
+    (32, 128, 4, 3),
+    (32, 32, 4, 4),
     (128, 64, 4, 3),
     (256, 64, 8, 3),
     (32, 64, 4, 4),
@@ -134,11 +137,19 @@ def grouped_grad_weight_kernel(
     m_valid = offs_m < KB
     dy_rows = widen(block * KB + offs_m, WIDE_INDEX) * stride_dyk
 
-    # ---- columns: (tap, channel) flattened, channel fastest; each column its own tap
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_valid = offs_n < taps * CB
-    c = offs_n % CB
-    tap = offs_n // CB
+    # ---- columns: (tap, channel) flattened, channel fastest. When BLOCK_N divides CB a tile lies
+    # within one tap: the tap is a scalar and the image-bounds mask a per-pixel vector; otherwise
+    # every column has its own tap and the mask is 2-D
+    ONE_TAP = CB % BLOCK_N == 0
+    if ONE_TAP:
+        tap = (pid_n * BLOCK_N) // CB
+        c = (pid_n * BLOCK_N) % CB + tl.arange(0, BLOCK_N)
+        n_valid = c < CB
+    else:
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_valid = offs_n < taps * CB
+        c = offs_n % CB
+        tap = offs_n // CB
     t = tap // (R * S)
     r = (tap // S) % R
     s = tap % S
@@ -195,19 +206,30 @@ def grouped_grad_weight_kernel(
         w_in = q * conv_stride_w
         pixel_dy = n * stride_dyn + p * stride_dyp + q * stride_dyq
         pixel_x = n * stride_xn + h_in * stride_xh + w_in * stride_xw
-        h = h_in[:, None] + tap_h[None, :]
-        w = w_in[:, None] + tap_w[None, :]
+        if ONE_TAP:
+            h = h_in + tap_h
+            w = w_in + tap_w
+        else:
+            h = h_in[:, None] + tap_h[None, :]
+            w = w_in[:, None] + tap_w[None, :]
         inside = (h >= 0) & (h < H) & (w >= 0) & (w < W)
         if DEPTH:
             d_in = o * conv_stride_d
             pixel_dy += o * stride_dyo
             pixel_x += d_in * stride_xd
-            d = d_in[:, None] + tap_d[None, :]
+            if ONE_TAP:
+                d = d_in + tap_d
+            else:
+                d = d_in[:, None] + tap_d[None, :]
             inside = inside & (d >= 0) & (d < D)
+        if ONE_TAP:
+            inside = inside & k_valid
+            inside = inside[:, None]
+        else:
+            inside = inside & k_valid[:, None]
         a = tl.load(dy_ptr + dy_rows[:, None] + pixel_dy[None, :],
                     mask=m_valid[:, None] & k_valid[None, :], other=0.0)
-        b = tl.load(x_ptr + pixel_x[:, None] + x_cols[None, :],
-                    mask=inside & k_valid[:, None] & n_valid[None, :], other=0.0)
+        b = tl.load(x_ptr + pixel_x[:, None] + x_cols[None, :], mask=inside & n_valid[None, :], other=0.0)
         acc = multiply_accumulate(acc, a, b, INPUT_PRECISION, UPCAST)
 
         # the next block's first pixel: the step's digits added with carries
