@@ -136,7 +136,7 @@ def main():
                     for _ in range(5):
                         first()
                     torch.cuda.synchronize()
-                print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=6), flush=True)
+                print(prof.key_averages().table(sort_by="device_time_total", row_limit=6), flush=True)
             del x, dy, ref
             torch.cuda.empty_cache()
 
