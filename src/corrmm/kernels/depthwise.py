@@ -71,8 +71,9 @@ _GW_MAX_CHUNK_PIXELS = 4096
 #: warps, the fp32 accumulator elements per thread it aims for, and programs wanted per SM
 _TAPS_MAX, _TAPS_WARPS, _TAPS_ELEMENTS_PER_THREAD, _TAPS_PROGRAMS_PER_SM = 64, 4, 32, 8
 #: whether the "taps" method reads NCHW operands as they are (no transposes; pixels are then the tile's
-#: contiguous side)
-_TAPS_READ_NCHW = True
+#: contiguous side). Off: those loads compile to 2-byte scalar loads, the channels-innermost tile's to
+#: 16-byte vectors (PTX for sm_90); which costs less than the transposes is not measured yet
+_TAPS_READ_NCHW = False
 #: the chunk-sum kernel's tile: (chunks, taps·filters) summed per step
 _SUM_BLOCK_CHUNKS, _SUM_BLOCK = 32, 128
 

@@ -140,10 +140,11 @@ def grouped_grad_weight_kernel(
     # ---- columns: (tap, channel) flattened, channel fastest. When BLOCK_N divides CB a tile lies
     # within one tap: the tap is a scalar and the image-bounds mask a per-pixel vector; otherwise
     # every column has its own tap and the mask is 2-D
-    ONE_TAP = CB % BLOCK_N == 0
+    ONE_TAP: tl.constexpr = CB % BLOCK_N == 0
     if ONE_TAP:
-        tap = (pid_n * BLOCK_N) // CB
-        c = (pid_n * BLOCK_N) % CB + tl.arange(0, BLOCK_N)
+        # the block start as a multiple of BLOCK_N, so the compiler sees aligned, vectorisable columns
+        tap = pid_n // (CB // BLOCK_N)
+        c = (pid_n % (CB // BLOCK_N)) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_valid = c < CB
     else:
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
