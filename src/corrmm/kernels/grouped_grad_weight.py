@@ -157,8 +157,10 @@ def grouped_grad_weight_kernel(
     tap_d = t * dilation_d - pad_d
     tap_h = r * dilation_h - pad_h
     tap_w = s * dilation_w - pad_w
-    x_cols = (widen(block * CB + c, WIDE_INDEX) * stride_xc + widen(tap_d, WIDE_INDEX) * stride_xd
+    x_cols = (widen(block * CB + c, WIDE_INDEX) * stride_xc
               + widen(tap_h, WIDE_INDEX) * stride_xh + widen(tap_w, WIDE_INDEX) * stride_xw)
+    if DEPTH:  # (2-D: no depth term, so the columns' alignment does not hang on the unit depth's stride)
+        x_cols += widen(tap_d, WIDE_INDEX) * stride_xd
 
     # ---- pixel digits of k = 0 .. BLOCK_K-1 (vectors) and of the step BLOCK_K (scalars), once
     offs_k = tl.arange(0, BLOCK_K)
