@@ -260,8 +260,8 @@ def grouped_grad_weight_kernel(
 # ---- host side ----------------------------------------------------------------------------
 
 def applies(g: ConvGeometry) -> bool:
-    """Whether this kernel serves the layer's weight gradient: several groups of at most 32 filters each,
-    and more than one input channel per group (depthwise layers have their own algorithm)."""
+    """Whether this kernel serves the layer's weight gradient: several groups of at most 32 filters each
+    (depthwise layers included, when ``algo="implicit"`` is asked for: 32 channels per program)."""
     return g.groups > 1 and g.filters_per_group <= MAX_FILTERS_PER_GROUP and g.ndim in (2, 3)
 
 
