@@ -332,8 +332,8 @@ def depthwise_chunk_sum_kernel(
 def depthwise_grad_weight_taps_kernel(
     # pointers (partial: (chunks, R·S, K) in the accumulator's dtype)
     x_ptr, dy_ptr, partial_ptr,
-    # sizes
-    N, H, W, P, Q, K, M, CHUNK_PIXELS,
+    # sizes; a chunk is CHUNK_ROWS output rows (n, p)
+    N, H, W, P, Q, K, M, CHUNK_ROWS,
     # geometry: stride, dilation, low padding
     conv_stride_h, conv_stride_w, dilation_h, dilation_w, pad_h, pad_w,
     # strides (elements)
@@ -345,7 +345,11 @@ def depthwise_grad_weight_taps_kernel(
     WIDE_INDEX: tl.constexpr, ACC_DTYPE: tl.constexpr, TAPS: tl.constexpr,
     BLOCK_PIX: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Every tap at once: each dy tile is loaded once, and the taps' x tiles, which overlap, come from L1."""
+    """Every tap at once: each dy tile is loaded once, and the taps' x tiles, which overlap, come from L1.
+
+    A step is BLOCK_PIX consecutive pixels of one output row, so the row (n, p) is a
+    scalar and only the column q is a vector: no division in the loop.
+    """
     pid_c = tl.program_id(0)
     chunk = tl.program_id(1)
 
@@ -360,29 +364,42 @@ def depthwise_grad_weight_taps_kernel(
     tap_h = (taps // S) * dilation_h
     tap_w = (taps % S) * dilation_w
     x_taps = widen(tap_h, WIDE_INDEX) * stride_xh + widen(tap_w, WIDE_INDEX) * stride_xw
+    offs_q = tl.arange(0, BLOCK_PIX)
 
-    plane = widen(P, WIDE_INDEX) * Q
-    total = N * plane
-    chunk_start = widen(chunk, WIDE_INDEX) * CHUNK_PIXELS
+    row_start = chunk * CHUNK_ROWS
+    rows = tl.minimum(CHUNK_ROWS, N * P - row_start)
+    column_blocks = tl.cdiv(Q, BLOCK_PIX)
+    # the step's row (n, p) and column block, advanced by scalar carries (no division in the loop)
+    n = row_start // P
+    p = row_start - n * P
+    column_block = 0
     acc = tl.zeros((TAPS, BLOCK_PIX, BLOCK_C), dtype=ACC_DTYPE)
-    for start in range(0, CHUNK_PIXELS, BLOCK_PIX):
-        offs_m = chunk_start + start + tl.arange(0, BLOCK_PIX)
-        m_valid = offs_m < total
-        n = offs_m // plane
-        pq = offs_m % plane
-        p = pq // Q
-        q = pq % Q
-        dyv = tl.load(dy_ptr + (n * stride_dyn + p * stride_dyp + q * stride_dyq)[:, None] + dy_cols[None, :],
-                      mask=m_valid[:, None] & k_valid[None, :], other=0.0)
+    # one flat loop over (row, column block), so the compiler pipelines all of it
+    for _ in range(0, rows * column_blocks):
+        q = column_block * BLOCK_PIX + offs_q
+        q_valid = q < Q
+        # dy broadcast over the taps by a zero tap stride: loaded in the x tile's own layout (the
+        # warp's repeated addresses are one transaction), not converted through shared memory
+        dy_pixels = (widen(n, WIDE_INDEX) * stride_dyn + p * stride_dyp) + q * stride_dyq
+        dyv = tl.load(dy_ptr + (taps * 0)[:, None, None] + dy_pixels[None, :, None] + dy_cols[None, None, :],
+                      mask=q_valid[None, :, None] & k_valid[None, None, :], other=0.0)
         h_top = p * conv_stride_h - pad_h
         w_left = q * conv_stride_w - pad_w
-        h = h_top[None, :] + tap_h[:, None]
+        h = h_top + tap_h
         w_ = w_left[None, :] + tap_w[:, None]
-        inside = tap_valid[:, None] & m_valid[None, :] & (h >= 0) & (h < H) & (w_ >= 0) & (w_ < W)
-        x_pixels = x_taps[:, None] + (n * stride_xn + h_top * stride_xh + w_left * stride_xw)[None, :]
-        xv = tl.load(x_ptr + x_pixels[:, :, None] + x_cols[None, None, :],
+        inside = (tap_valid & (h >= 0) & (h < H))[:, None] & (w_ >= 0) & (w_ < W) & q_valid[None, :]
+        x_row = x_ptr + (widen(n, WIDE_INDEX) * stride_xn + h_top * stride_xh)
+        x_pixels = x_taps[:, None] + (w_left * stride_xw)[None, :]
+        xv = tl.load(x_row + x_pixels[:, :, None] + x_cols[None, None, :],
                      mask=inside[:, :, None] & k_valid[None, None, :], other=0.0)
-        acc += xv.to(ACC_DTYPE) * dyv.to(ACC_DTYPE)[None, :, :]
+        acc += xv.to(ACC_DTYPE) * dyv.to(ACC_DTYPE)
+        column_block += 1
+        wrap = column_block == column_blocks
+        column_block = tl.where(wrap, 0, column_block)
+        p += wrap.to(tl.int32)
+        wrap = p == P
+        p = tl.where(wrap, 0, p)
+        n += wrap.to(tl.int32)
     per_tap = tl.sum(acc, axis=1)
     partial = partial_ptr + widen(chunk, WIDE_INDEX) * (R * S) * K
     tl.store(partial + (taps * K)[:, None] + offs_k[None, :], per_tap, mask=tap_valid[:, None] & k_valid[None, :])
@@ -464,14 +481,16 @@ def grad_weight_method(g: ConvGeometry) -> str:
 
 
 def grad_weight_tiles(g: ConvGeometry, device: torch.device, method: str = None, pixels_inner: bool = False):
-    """(BLOCK_PIX, BLOCK_C, chunk pixels, chunks) of the weight gradient.
+    """(BLOCK_PIX, BLOCK_C, chunk size, chunks) of the weight gradient.
 
-    A chunk is the pixels one program reduces for every tap.
+    A chunk is what one program reduces for every tap: output rows for "taps",
+    pixels for "chunks".
 
     * "taps": a (taps x BLOCK_PIX x BLOCK_C) fp32 accumulator of about 32
       elements per thread, channels the wide side when channels are innermost
-      (NHWC: 32 channels are 64 contiguous bytes of bf16), pixels when they are
-      (NCHW, read without a transpose); chunks for about eight programs per SM.
+      (NHWC: 32 channels are 64 contiguous bytes of bf16), pixels of a row when
+      they are (NCHW, read without a transpose); chunks of whole output rows for
+      about eight programs per SM.
     * "chunks": one-warp programs of 32 pixels x 32 channels, chunks for about
       sixteen per SM, no smaller than 4·R·S pixels (the partial sums, R·S·K fp32
       per chunk, then stay under about half the operands' bytes in 16-bit types).
@@ -482,20 +501,19 @@ def grad_weight_tiles(g: ConvGeometry, device: torch.device, method: str = None,
     pixels = g.batch * g.out_size[0] * g.out_size[1]
     if method == "taps":
         tap_block = common.bucket(taps)
+        Q, rows = g.out_size[1], g.batch * g.out_size[0]
         if common.INTERPRET:
-            block_pix, block_c, chunk = 4, 4, 8  # several chunks, pixel blocks and channel tiles on small shapes
+            block_pix, block_c, chunk = 4, 4, 2  # several chunks, column blocks and channel tiles on small shapes
         else:
             elements = _TAPS_ELEMENTS_PER_THREAD * 32 * _TAPS_WARPS
             if pixels_inner:
                 block_c = min(common.bucket(K), max(1, elements // (tap_block * 32)))
-                block_pix = max(1, elements // (tap_block * block_c))
             else:
                 block_c = min(32, common.bucket(K))
-                block_pix = max(1, elements // (tap_block * block_c))
+            block_pix = min(common.bucket(Q), max(1, elements // (tap_block * block_c)))
             wanted_chunks = common.cdiv(_TAPS_PROGRAMS_PER_SM * common.sm_count(device), common.cdiv(K, block_c))
-            chunk = max(common.cdiv(pixels, wanted_chunks), 4 * block_pix)
-            chunk = common.cdiv(chunk, block_pix) * block_pix
-        return block_pix, block_c, chunk, common.cdiv(pixels, chunk)
+            chunk = common.cdiv(rows, wanted_chunks)
+        return block_pix, block_c, chunk, common.cdiv(rows, chunk)
     block_c = _grad_weight_block_c(K)
     if common.INTERPRET:
         block_pix, chunk = 8, 16  # several chunks and channel tiles on the tests' small shapes
