@@ -174,3 +174,16 @@ def test_launch_signature():
     plan = ggw._Plan(x, dy, g, None, 2)
     names = plan.gemm.kernel.fn.arg_names
     assert len(names) == 3 + len(plan.gemm.scalars) + len(plan.gemm.meta) + 2  # + BLOCK_N, BLOCK_K
+
+
+def test_non_finite_input_stays_in_its_own_group():
+    """A packed tile multiplies every filter by every channel of its GP groups, but stores only the
+    same-group blocks: an Inf in one group's input spoils that group's gradient and no other."""
+    g = GEOMETRIES["groups8_cg4_3x3_pad1"]  # 8 groups, all in one packed tile by default
+    x, dy = operands(g, torch.float32, "non-finite")
+    x[1, 5, 2, 3] = float("inf")  # channel 5: group 1
+    dw = ggw.grad_weight(x, dy, g)
+    ref = kgw.grad_weight_reference(x.double(), dy.double(), g)
+    assert torch.equal(dw.isfinite().cpu(), ref.isfinite().cpu())
+    spoiled = ~dw.isfinite().flatten(1).all(dim=1)
+    assert spoiled[4:8].all() and spoiled.sum() == 4  # filters 4..7 (group 1), every one of them
