@@ -15,8 +15,9 @@ each program reads 8 channels (16 bytes of bf16) per pixel, and the launch is
 
 **Packed groups.** A program takes GP consecutive groups (``common.group_pack``)
 as one GEMM of KB = GP·Kg filters (rows) by CB = GP·Cg channels per tap
-(columns, flattened with the tap: column j is channel j % CB of tap j // CB).
-The product of a (KB x pixels) dy tile and a (pixels x columns) x tile holds
+(columns, flattened with the tap: column j is channel j % CB of tap j // CB;
+a column tile whose width divides CB lies in one tap, which then is a scalar
+and the image-bounds mask a per-pixel vector). The product of a (KB x pixels) dy tile and a (pixels x columns) x tile holds
 every filter-channel pair of the GP groups; only the diagonal blocks, where
 filter and channel belong to the same group, are dw, and only they are stored.
 The off-diagonal products are GP - 1 wasted multiplications per useful one, on
@@ -54,8 +55,8 @@ from .common import multiply_accumulate, widen
 from .implicit_grad_weight import split_sum_kernel
 
 #: (BLOCK_N, BLOCK_K, num_warps, num_stages); BLOCK_M is the packed filter count's power of two,
-#: fixed by the host. Wide column tiles read each dy tile for more taps; tiles of BLOCK_N <= CB one
-#: tap each, with a cheaper mask (see the kernel)
+#: fixed by the host. Wide column tiles read each dy tile for more taps; tiles whose width divides CB
+#: hold one tap each, with a cheaper mask (see the kernel)
 _TILES = [
     (64, 64, 4, 4),
     (32, 128, 4, 3),
@@ -77,6 +78,7 @@ _PROGRAMS_PER_SM = 4
 _MODEL_BLOCK_N = 128
 #: a split never gets fewer pixels than this
 _MIN_PIXELS_PER_SPLIT = 1024
+#: the most splits (fp32 partials of the whole dw each)
 MAX_SPLITS = 256
 
 
