@@ -22,6 +22,7 @@ LAYERS = {
     "R4": ((64, 256, 14, 14), (256, 256, 3, 3), 1, 1),
     # grouped, 3-D and few-channel layers (PERFORMANCE.md, "grouped, 3-D, small-channel")
     "G8": ((64, 256, 28, 28), (256, 8, 3, 3), 1, 1, 32),
+    "GXS": ((64, 256, 56, 56), (256, 8, 3, 3), 1, 2, 32),
     "A1": ((64, 1, 16000), (128, 1, 80), 0, 4),
     "DW2": ((64, 144, 56, 56), (144, 1, 3, 3), 1, 2, 144),
     "V3": ((8, 64, 16, 56, 56), (128, 64, 3, 3, 3), 1, 1),
@@ -54,6 +55,9 @@ def _geometry(name):
     ("T1", torch.bfloat16, "grad_input", "implicit"),
     ("G8", torch.float32, "forward", "implicit"),      # packed groups
     ("G8", torch.bfloat16, "grad_input", "implicit"),
+    ("G8", torch.bfloat16, "grad_weight", "implicit"),  # packed-groups weight gradient
+    ("G8", torch.float32, "grad_weight", "implicit"),
+    ("GXS", torch.float32, "grad_weight", "implicit"),
     ("V3", torch.bfloat16, "forward", "implicit"),     # 3-D kernels
     ("V3", torch.float32, "grad_input", "implicit"),
     ("L3", torch.bfloat16, "grad_input", "implicit"),
@@ -76,6 +80,13 @@ def test_cuda_rule_follows_the_measurements(name, dtype, pass_name, expected, mo
     if REGISTRY[expected].not_supported_reasons(_geometry(name), pass_name, CUDA, dtype):
         pytest.skip(f"{expected} is not available in this environment")  # e.g. triton missing
     assert auto_choice(pass_name, _geometry(name), CUDA, dtype) == expected
+
+
+def test_small_group_weight_gradients_in_ieee_float32_stay_with_im2col(monkeypatch):
+    """The packed kernel multiplies GP times the useful products: TF32 tensor cores have them to
+    spare, IEEE float32 (no tensor cores) does not."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert auto_choice("grad_weight", _geometry("GXS"), CUDA, torch.float32) == "im2col"
 
 
 # the CPU bench's layers (corrmm/bench/suites/cpu_small.csv) and the demo's, with the fastest

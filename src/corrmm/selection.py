@@ -73,6 +73,7 @@ from . import algorithms
 from .geometry import ConvGeometry
 
 FEW_CHANNELS = 16      # below this many channels per group, implicit tiles are mostly padding
+SMALL_GROUP_FILTERS = 32  # up to this many filters per group the weight gradient packs groups (grouped_grad_weight)
 FFT_MIN_TAPS = 81      # fft pays from 9x9 kernels on
 FFT_MIN_TAPS_TF32_GRADIENTS = 49  # and TF32 gradients from 7x7 on (L4)
 
@@ -151,9 +152,16 @@ def _grouped_or_few_channel_rule(pass_name: str, g: ConvGeometry, dtype: torch.d
       fft in bf16, 2.1x fft on L1 in TF32;
     * 16-bit input gradients of kernels large against their output (the seed's predicate):
       the tap windows skip what fft's transforms pay for, S2 1.3x fft in bf16 (TF32 stays fft).
+    * TF32 weight gradients of small groups (up to 32 filters each): the packed-groups kernel
+      (16-byte pipelined copies, GP groups per tile) where im2col runs one small GEMM per group;
+      a prediction (PERFORMANCE.md, "Grouped and depthwise weight gradients"), 16-bit types
+      take it through the general rule's "implicit".
     """
     small_groups = g.groups > 1 and 1 < g.channels_per_group < FEW_CHANNELS  # depthwise (Cg = 1) excluded
     if pass_name == "forward" and small_groups and dtype == torch.float32:
+        return "implicit"
+    if (pass_name == "grad_weight" and dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+            and g.groups > 1 and g.channels_per_group > 1 and g.filters_per_group <= SMALL_GROUP_FILTERS):
         return "implicit"
     if pass_name == "grad_input":
         if g.ndim == 2 and g.groups == 1 and g.in_channels <= 4 and g.kernel[0] > 1:

@@ -261,3 +261,58 @@ def test_not_supported_reasons_name_the_problem():
     cuda_reasons = algo.not_supported_reasons(huge, "forward", torch.device("cuda"), torch.float32)
     assert any("grid limit" in r for r in cuda_reasons) or any("Triton" in r for r in cuda_reasons)
     assert algo.not_supported_reasons(huge, "forward", torch.device("cpu"), torch.float32) == []
+
+
+@needs_kernels
+@pytest.mark.parametrize("method,nchw", [("taps", True), ("taps", False), ("chunks", False)])
+@pytest.mark.parametrize("name", ["stride2_mult2_asym", "5x5_full_stride2x1", "1d_7"])
+def test_kernel_weight_gradient_methods(name, method, nchw):
+    """Both weight-gradient kernels, on NCHW operands read as they are and on channels-last ones."""
+    from corrmm.kernels import depthwise as kd
+
+    g = kernel_geometry(KERNEL_CASES[name])
+    gen = seeded_generator("depthwise methods", name)
+    x, dy = randn(g.input_shape, gen, torch.float32), randn(g.output_shape, gen, torch.float32)
+    if not nchw:
+        x, dy = _layout(x, "channels_last"), _layout(dy, "channels_last")
+    with config.poison_outputs():
+        dw = kd.grad_weight(x, dy, g, method=method, nchw=nchw)
+    assert rel_err(dw, kd.grad_weight_reference(x.double(), dy.double(), g)) <= 1e-5
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64], ids=lambda d: str(d)[6:])
+def test_kernel_weight_gradient_taps_7x7_and_determinism(dtype):
+    """A 7x7 kernel fills the taps kernel's 64 tap lanes; two runs agree bit for bit."""
+    from corrmm.kernels import depthwise as kd
+
+    g = ConvGeometry(2, 5, 5, (6, 7), (7, 7), ((3, 3), (3, 2)), (1, 1), (1, 1), 5).validate()
+    assert kd.grad_weight_method(g) == "taps" and kd.grad_weight_tiles(g, DEVICE, "taps")[3] > 1
+    gen = seeded_generator("depthwise taps 7x7", dtype)
+    x, dy = randn(g.input_shape, gen, dtype), randn(g.output_shape, gen, dtype)
+    first = kd.grad_weight(x, dy, g)
+    assert rel_err(first, kd.grad_weight_reference(x.double(), dy.double(), g)) <= KERNEL_TOLERANCE[dtype]
+    assert torch.equal(first, kd.grad_weight(x, dy, g))
+
+
+@needs_kernels
+def test_kernel_weight_gradient_method_policy():
+    from corrmm.kernels import depthwise as kd
+
+    big = ConvGeometry(1, 4, 4, (12, 12), (9, 9), ((4, 4), (4, 4)), (1, 1), (1, 1), 4).validate()
+    assert kd.grad_weight_method(big) == "chunks"  # 81 taps: more than the taps kernel's 64 lanes
+    with pytest.raises(ValueError, match="'taps' or 'chunks'"):
+        kd.grad_weight(torch.zeros(big.input_shape), torch.zeros(big.output_shape), big, method="rows")
+
+
+@needs_kernels
+def test_kernel_weight_gradient_taps_launch_signature(monkeypatch):
+    """The taps kernel's launch covers every argument without a tuned config (its direct launch)."""
+    from corrmm.kernels import common, depthwise as kd
+
+    monkeypatch.setattr(common, "_PLANS", {})
+    g = kernel_geometry(KERNEL_CASES["3x3_pad1"])
+    x, dy = torch.zeros(g.input_shape, device=DEVICE), torch.zeros(g.output_shape, device=DEVICE)
+    kd.grad_weight(x, dy, g, method="taps")
+    (partials, _), = common._PLANS.values()
+    assert len(partials.kernel.arg_names) == 3 + len(partials.scalars) + len(partials.meta)

@@ -5,6 +5,7 @@ The three passes are the GEMMs of :mod:`corrmm.kernels` (CUTLASS's views)::
     forward      M = N·P·Q   N = K       K = C·R·S
     grad_input   M = N·H·W   N = C       K = K·R·S   split into stride_h·stride_w phases, no zero insertion
     grad_weight  M = K       N = C·R·S   K = N·P·Q   split-K, partials summed in a fixed order
+                                                     (small groups: several packed per program)
 
 The kernels are 3-D, compiled without the depth arithmetic for 2-D problems;
 a 1-D problem runs as a 2-D one with H = 1 (a view, no copy). Every dtype is: float16/bfloat16/float32
@@ -95,9 +96,13 @@ class Implicit(Algorithm):
         return _lower(dx, g)
 
     def grad_weight(self, input, grad_output, g: ConvGeometry):
-        if g.ndim == 3:  # the weight-gradient kernel is 3-D (2-D runs with depth 1)
-            return _kernels().implicit_grad_weight.grad_weight(input, grad_output, g)
-        dw = _kernels().implicit_grad_weight.grad_weight(_lift(input, g), _lift(grad_output, g), as_2d(g))
+        # small groups (ResNeXt's 32 of 4 to 32 channels) take the packed-groups kernel, others the dense one
+        kernels = _kernels()
+        module = kernels.grouped_grad_weight if kernels.grouped_grad_weight.applies(as_2d(g)) \
+            else kernels.implicit_grad_weight
+        if g.ndim == 3:  # the weight-gradient kernels are 3-D (2-D runs with depth 1)
+            return module.grad_weight(input, grad_output, g)
+        dw = module.grad_weight(_lift(input, g), _lift(grad_output, g), as_2d(g))
         return _lower(dw, g)
 
 

@@ -67,6 +67,13 @@ _GW_BLOCK_PIX, _GW_WARPS = 32, 1
 #: grad-weight: programs wanted per SM, and the most pixels one chunk reduces
 _GW_PROGRAMS_PER_SM = 16
 _GW_MAX_CHUNK_PIXELS = 4096
+#: grad-weight, "taps" method (:func:`grad_weight_tiles`): the most taps it holds (8x8 kernels), its
+#: warps, the fp32 accumulator elements per thread it aims for, and programs wanted per SM
+_TAPS_MAX, _TAPS_WARPS, _TAPS_ELEMENTS_PER_THREAD, _TAPS_PROGRAMS_PER_SM = 64, 4, 32, 8
+#: whether the "taps" method reads NCHW operands as they are (no transposes; pixels are then the tile's
+#: contiguous side). Off: those loads compile to 2-byte scalar loads, the channels-innermost tile's to
+#: 16-byte vectors (PTX for sm_90); which costs less than the transposes is not measured yet
+_TAPS_READ_NCHW = False
 #: the chunk-sum kernel's tile: (chunks, taps·filters) summed per step
 _SUM_BLOCK_CHUNKS, _SUM_BLOCK = 32, 128
 
@@ -321,6 +328,83 @@ def depthwise_chunk_sum_kernel(
     tl.store(dw_ptr + k * T + t, acc.to(dw_ptr.dtype.element_ty), mask=valid)
 
 
+@triton.jit
+def depthwise_grad_weight_taps_kernel(
+    # pointers (partial: (chunks, R·S, K) in the accumulator's dtype)
+    x_ptr, dy_ptr, partial_ptr,
+    # sizes; a chunk is CHUNK_ROWS output rows (n, p)
+    N, H, W, P, Q, K, M, CHUNK_ROWS,
+    # geometry: stride, dilation, low padding
+    conv_stride_h, conv_stride_w, dilation_h, dilation_w, pad_h, pad_w,
+    # strides (elements)
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_dyn, stride_dyk, stride_dyp, stride_dyq,
+    # kernel extent
+    R, S,
+    # meta-parameters: TAPS is R·S's power of two
+    WIDE_INDEX: tl.constexpr, ACC_DTYPE: tl.constexpr, TAPS: tl.constexpr,
+    BLOCK_PIX: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Every tap at once: each dy tile is loaded once, and the taps' x tiles, which overlap, come from L1.
+
+    A step is BLOCK_PIX consecutive pixels of one output row, so the row (n, p) is a
+    scalar and only the column q is a vector: no division in the loop.
+    """
+    pid_c = tl.program_id(0)
+    chunk = tl.program_id(1)
+
+    offs_k = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    k_valid = offs_k < K
+    x_cols = widen(offs_k // M, WIDE_INDEX) * stride_xc
+    dy_cols = widen(offs_k, WIDE_INDEX) * stride_dyk
+
+    # ---- the taps along the first axis of a (taps x pixels x channels) tile
+    taps = tl.arange(0, TAPS)
+    tap_valid = taps < R * S
+    tap_h = (taps // S) * dilation_h
+    tap_w = (taps % S) * dilation_w
+    x_taps = widen(tap_h, WIDE_INDEX) * stride_xh + widen(tap_w, WIDE_INDEX) * stride_xw
+    offs_q = tl.arange(0, BLOCK_PIX)
+
+    row_start = chunk * CHUNK_ROWS
+    rows = tl.minimum(CHUNK_ROWS, N * P - row_start)
+    column_blocks = tl.cdiv(Q, BLOCK_PIX)
+    # the step's row (n, p) and column block, advanced by scalar carries (no division in the loop)
+    n = row_start // P
+    p = row_start - n * P
+    column_block = 0
+    acc = tl.zeros((TAPS, BLOCK_PIX, BLOCK_C), dtype=ACC_DTYPE)
+    # one flat loop over (row, column block), so the compiler pipelines all of it
+    for _ in range(0, rows * column_blocks):
+        q = column_block * BLOCK_PIX + offs_q
+        q_valid = q < Q
+        # dy broadcast over the taps by a zero tap stride: loaded in the x tile's own layout (the
+        # warp's repeated addresses are one transaction), not converted through shared memory
+        dy_pixels = (widen(n, WIDE_INDEX) * stride_dyn + p * stride_dyp) + q * stride_dyq
+        dyv = tl.load(dy_ptr + (taps * 0)[:, None, None] + dy_pixels[None, :, None] + dy_cols[None, None, :],
+                      mask=q_valid[None, :, None] & k_valid[None, None, :], other=0.0)
+        h_top = p * conv_stride_h - pad_h
+        w_left = q * conv_stride_w - pad_w
+        h = h_top + tap_h
+        w_ = w_left[None, :] + tap_w[:, None]
+        inside = (tap_valid & (h >= 0) & (h < H))[:, None] & (w_ >= 0) & (w_ < W) & q_valid[None, :]
+        x_row = x_ptr + (widen(n, WIDE_INDEX) * stride_xn + h_top * stride_xh)
+        x_pixels = x_taps[:, None] + (w_left * stride_xw)[None, :]
+        xv = tl.load(x_row + x_pixels[:, :, None] + x_cols[None, None, :],
+                     mask=inside[:, :, None] & k_valid[None, None, :], other=0.0)
+        acc += xv.to(ACC_DTYPE) * dyv.to(ACC_DTYPE)
+        column_block += 1
+        wrap = column_block == column_blocks
+        column_block = tl.where(wrap, 0, column_block)
+        p += wrap.to(tl.int32)
+        wrap = p == P
+        p = tl.where(wrap, 0, p)
+        n += wrap.to(tl.int32)
+    per_tap = tl.sum(acc, axis=1)
+    partial = partial_ptr + widen(chunk, WIDE_INDEX) * (R * S) * K
+    tl.store(partial + (taps * K)[:, None] + offs_k[None, :], per_tap, mask=tap_valid[:, None] & k_valid[None, :])
+
+
 # ---- wrappers ---------------------------------------------------------------------------
 
 def _check(g: ConvGeometry) -> int:
@@ -391,18 +475,45 @@ def _grad_input_launch(w, dy, dx, g: ConvGeometry, M: int) -> common.KernelLaunc
     return common.KernelLaunch(depthwise_grad_input_kernel, grid, scalars, meta)
 
 
-def grad_weight_tiles(g: ConvGeometry, device: torch.device):
-    """(BLOCK_PIX, BLOCK_C, chunk pixels, chunks) of the weight gradient.
+def grad_weight_method(g: ConvGeometry) -> str:
+    """"taps" (every tap of a pixel tile at once) up to 8x8 kernels, else "chunks" (one tap at a time)."""
+    return "taps" if g.kernel[0] * g.kernel[1] <= _TAPS_MAX else "chunks"
 
-    A chunk is the pixels one program reduces for every tap; its x and dy tiles
-    stay in cache across the R·S taps. Chunks are cut small enough for about
-    sixteen one-warp programs per SM, but no smaller than 4·R·S pixels (the
-    partial sums, R·S·K fp32 per chunk, then stay under about half the
-    operands' bytes in 16-bit types), nor than one pixel tile.
+
+def grad_weight_tiles(g: ConvGeometry, device: torch.device, method: str = None, pixels_inner: bool = False):
+    """(BLOCK_PIX, BLOCK_C, chunk size, chunks) of the weight gradient.
+
+    A chunk is what one program reduces for every tap: output rows for "taps",
+    pixels for "chunks".
+
+    * "taps": a (taps x BLOCK_PIX x BLOCK_C) fp32 accumulator of about 32
+      elements per thread, channels the wide side when channels are innermost
+      (NHWC: 32 channels are 64 contiguous bytes of bf16), pixels of a row when
+      they are (NCHW, read without a transpose); chunks of whole output rows for
+      about eight programs per SM.
+    * "chunks": one-warp programs of 32 pixels x 32 channels, chunks for about
+      sixteen per SM, no smaller than 4·R·S pixels (the partial sums, R·S·K fp32
+      per chunk, then stay under about half the operands' bytes in 16-bit types).
     """
+    method = method or grad_weight_method(g)
     K = g.out_channels
     taps = g.kernel[0] * g.kernel[1]
     pixels = g.batch * g.out_size[0] * g.out_size[1]
+    if method == "taps":
+        tap_block = common.bucket(taps)
+        Q, rows = g.out_size[1], g.batch * g.out_size[0]
+        if common.INTERPRET:
+            block_pix, block_c, chunk = 4, 4, 2  # several chunks, column blocks and channel tiles on small shapes
+        else:
+            elements = _TAPS_ELEMENTS_PER_THREAD * 32 * _TAPS_WARPS
+            if pixels_inner:
+                block_c = min(common.bucket(K), max(1, elements // (tap_block * 32)))
+            else:
+                block_c = min(32, common.bucket(K))
+            block_pix = min(common.bucket(Q), max(1, elements // (tap_block * block_c)))
+            wanted_chunks = common.cdiv(_TAPS_PROGRAMS_PER_SM * common.sm_count(device), common.cdiv(K, block_c))
+            chunk = common.cdiv(rows, wanted_chunks)
+        return block_pix, block_c, chunk, common.cdiv(rows, chunk)
     block_c = _grad_weight_block_c(K)
     if common.INTERPRET:
         block_pix, chunk = 8, 16  # several chunks and channel tiles on the tests' small shapes
@@ -414,13 +525,26 @@ def grad_weight_tiles(g: ConvGeometry, device: torch.device):
     return block_pix, block_c, chunk, common.cdiv(pixels, chunk)
 
 
-def grad_weight(x: torch.Tensor, dy: torch.Tensor, g: ConvGeometry) -> torch.Tensor:
-    """dw (K, 1, R, S) = depthwise corr_grad_weight(x (N, C, H, W), dy (N, K, P, Q)), summed deterministically."""
+def grad_weight(x: torch.Tensor, dy: torch.Tensor, g: ConvGeometry, method: str = None,
+                nchw: bool = None) -> torch.Tensor:
+    """dw (K, 1, R, S) = depthwise corr_grad_weight(x (N, C, H, W), dy (N, K, P, Q)), summed deterministically.
+
+    ``method`` ("taps" or "chunks", see :func:`grad_weight_tiles`) and ``nchw``
+    (read NCHW-contiguous operands as they are instead of transposing them)
+    override the defaults (tests, benchmarks).
+    """
     M = _check(g)
-    x, dy = transpose.as_nhwc(x), transpose.as_nhwc(dy)
+    method = method or grad_weight_method(g)
+    if method not in ("taps", "chunks"):
+        raise ValueError(f"depthwise grad_weight method must be 'taps' or 'chunks', not {method!r}")
+    if nchw is None:
+        nchw = _TAPS_READ_NCHW and method == "taps" and x.is_contiguous() and dy.is_contiguous()
+    if not nchw:
+        x, dy = transpose.as_nhwc(x), transpose.as_nhwc(dy)
     (H, W), (R, S), (P, Q) = g.in_size, g.kernel, g.out_size
     K = g.out_channels
-    block_pix, block_c, chunk, chunks = grad_weight_tiles(g, x.device)
+    pixels_inner = x.stride(1) != 1 and dy.stride(1) != 1
+    block_pix, block_c, chunk, chunks = grad_weight_tiles(g, x.device, method, pixels_inner)
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     partial = torch.empty((chunks, R * S, K), dtype=acc_dtype, device=x.device)
     dw = torch.empty((K, 1, R, S), dtype=x.dtype, device=x.device)
@@ -429,13 +553,19 @@ def grad_weight(x: torch.Tensor, dy: torch.Tensor, g: ConvGeometry) -> torch.Ten
     pads = [0, 0, sum(g.padding[0]) + R * g.dilation[0], sum(g.padding[1]) + S * g.dilation[1]]
     wide = (_wide((x, pads), (dy, [0, 0, 0, block_pix + chunk]), (partial, [0, 0, 0]))
             or common.needs_wide_index(chunks * chunk + block_pix))
-    key = ("dw_grad_weight", g, x.stride(), dy.stride(), x.dtype, x.device)
+    key = ("dw_grad_weight", g, x.stride(), dy.stride(), x.dtype, x.device, method)
 
     def build():
         scalars = (g.batch, H, W, P, Q, K, M, chunk, g.stride[0], g.stride[1], g.dilation[0], g.dilation[1],
-                   g.pad_low[0], g.pad_low[1], *x.stride(), *dy.stride(), R, S, block_c)
+                   g.pad_low[0], g.pad_low[1], *x.stride(), *dy.stride(), R, S)
         meta = dict(WIDE_INDEX=wide, ACC_DTYPE=common.accumulator_dtype(x.dtype))
-        partials = common.KernelLaunch(depthwise_grad_weight_kernel, (common.cdiv(K, block_c), chunks), scalars, meta)
+        grid = (common.cdiv(K, block_c), chunks)
+        if method == "taps":
+            meta.update(TAPS=common.bucket(R * S), BLOCK_PIX=block_pix, BLOCK_C=block_c)
+            # Triton's default of 4 warps (_TAPS_WARPS): a launch option here would cost the direct launch
+            partials = common.KernelLaunch(depthwise_grad_weight_taps_kernel, grid, scalars, meta)
+        else:
+            partials = common.KernelLaunch(depthwise_grad_weight_kernel, grid, scalars + (block_c,), meta)
         # the partials summed over chunks in a fixed order (no atomics): the same bits on every run
         total = common.KernelLaunch(depthwise_chunk_sum_kernel, (common.cdiv(R * S * K, _SUM_BLOCK),),
                                     (chunks, R * S, K),
