@@ -45,6 +45,8 @@ elements (common.needs_wide_index).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 import triton
@@ -70,10 +72,12 @@ _GW_MAX_CHUNK_PIXELS = 4096
 #: grad-weight, "taps" method (:func:`grad_weight_tiles`): the most taps it holds (8x8 kernels), its
 #: warps, the fp32 accumulator elements per thread it aims for, and programs wanted per SM
 _TAPS_MAX, _TAPS_WARPS, _TAPS_ELEMENTS_PER_THREAD, _TAPS_PROGRAMS_PER_SM = 64, 4, 32, 8
-#: whether the "taps" method reads NCHW operands as they are (no transposes; pixels are then the tile's
-#: contiguous side). Off: those loads compile to 2-byte scalar loads, the channels-innermost tile's to
-#: 16-byte vectors (PTX for sm_90); which costs less than the transposes is not measured yet
-_TAPS_READ_NCHW = False
+#: the largest kernel (taps) for which the "taps" method reads NCHW-contiguous operands as they are
+#: (pixels then the tiles' contiguous side, 2-byte loads) instead of transposing both to NHWC first.
+#: H100, bf16, batch 64 (PERFORMANCE.md, "v8"): reading NCHW took DW1 (3x3, 144 ch, 56²) 0.331 ms
+#: against 0.506 with the transposes, DW2 (stride 2) 0.113 against 0.223; at 7x7 (CX1, 96 ch) the
+#: 2-byte loads lose, 1.54 ms against 0.72. Channels-last operands never need the transposes.
+_TAPS_READ_NCHW_MAX_TAPS = 9
 #: the chunk-sum kernel's tile: (chunks, taps·filters) summed per step
 _SUM_BLOCK_CHUNKS, _SUM_BLOCK = 32, 128
 
@@ -538,7 +542,8 @@ def grad_weight(x: torch.Tensor, dy: torch.Tensor, g: ConvGeometry, method: str 
     if method not in ("taps", "chunks"):
         raise ValueError(f"depthwise grad_weight method must be 'taps' or 'chunks', not {method!r}")
     if nchw is None:
-        nchw = _TAPS_READ_NCHW and method == "taps" and x.is_contiguous() and dy.is_contiguous()
+        nchw = (method == "taps" and math.prod(g.kernel) <= _TAPS_READ_NCHW_MAX_TAPS
+                and x.is_contiguous() and dy.is_contiguous())
     if not nchw:
         x, dy = transpose.as_nhwc(x), transpose.as_nhwc(dy)
     (H, W), (R, S), (P, Q) = g.in_size, g.kernel, g.out_size
