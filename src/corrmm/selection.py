@@ -70,6 +70,7 @@ import math
 import torch
 
 from . import algorithms
+from .algorithms import columns_last
 from .geometry import ConvGeometry
 
 FEW_CHANNELS = 16      # below this many channels per group, implicit tiles are mostly padding
@@ -190,6 +191,10 @@ def _cpu_rule(pass_name: str, g: ConvGeometry) -> str:
         return "gemm1x1"
     if _winograd_fits(g) and min(g.channels_per_group, g.filters_per_group) >= WINOGRAD_MIN_CHANNELS:
         return "winograd"
+    if columns_last.serves(g, torch.device("cpu"), torch.float32):
+        # small images: im2col's whole-batch channels-last columns and one oneDNN GEMM per group, every
+        # pass (CPU v3: the demo's D1-D3 1.1x-1.6x swapped; D1's weight gradient 1.6x)
+        return "im2col"
     if pass_name == "grad_input":
         in_area, out_area = math.prod(g.in_size), math.prod(g.out_size)
         unit_stride = all(s == 1 for s in g.stride)

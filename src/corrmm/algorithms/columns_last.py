@@ -38,11 +38,20 @@ SMALL_OUTPUT = 1024
 CHANNELS_LAST_FROM = 16
 
 
-def serves(t: torch.Tensor, g: ConvGeometry) -> bool:
-    """True for CPU float32/64 problems with small outputs and no negative padding."""
-    return (t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+#: the whole batch's column buffer must fit in this many bytes (float32)
+MAX_COLUMN_BYTES = 32 << 20
+
+
+def serves(g: ConvGeometry, device: torch.device, dtype: torch.dtype) -> bool:
+    """True for CPU float32/64 problems with small outputs, no negative padding and a column buffer
+    (the larger of the forward's and the stride-1 input gradient's) of at most MAX_COLUMN_BYTES."""
+    if not (device.type == "cpu" and dtype in (torch.float32, torch.float64)
             and math.prod(g.out_size) < SMALL_OUTPUT
-            and all(low >= 0 and high >= 0 for low, high in g.padding))
+            and all(low >= 0 and high >= 0 for low, high in g.padding)):
+        return False
+    patch = math.prod(g.kernel) * max(g.in_channels, g.out_channels)
+    positions = g.batch * max(math.prod(g.out_size), math.prod(g.in_size))
+    return patch * positions * 4 <= MAX_COLUMN_BYTES
 
 
 def _padded_size(g: ConvGeometry) -> Tuple[int, ...]:

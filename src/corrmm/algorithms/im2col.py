@@ -268,21 +268,21 @@ class Im2col(Algorithm):
     name = "im2col"
 
     def forward(self, input, weight, g: ConvGeometry):
-        if columns_last.serves(input, g):
+        if columns_last.serves(g, input.device, input.dtype):
             return columns_last.forward(input, weight, g)
         y = forward_grouped(group_image(input, g.groups), group_filter(weight, g.groups),
                             g.padding, g.stride, g.dilation, g.out_size)
         return y.flatten(1, 2)
 
     def grad_input(self, weight, grad_output, g: ConvGeometry):
-        if columns_last.serves(grad_output, g):
+        if columns_last.serves(g, grad_output.device, grad_output.dtype):
             return columns_last.grad_input(weight, grad_output, g)
         dx = grad_input_grouped(group_filter(weight, g.groups), group_image(grad_output, g.groups),
                                 g.padding, g.stride, g.dilation, g.in_size)
         return dx.flatten(1, 2)
 
     def grad_weight(self, input, grad_output, g: ConvGeometry):
-        if columns_last.serves(input, g):
+        if columns_last.serves(g, input.device, input.dtype):
             return columns_last.grad_weight(input, grad_output, g)
         dw = grad_weight_grouped(group_image(input, g.groups), group_image(grad_output, g.groups),
                                  g.padding, g.stride, g.dilation, g.kernel)
