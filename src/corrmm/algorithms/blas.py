@@ -31,6 +31,8 @@ def _probe():
     global _onednn_linear
     if _onednn_linear is None:
         _onednn_linear = False
+        if not torch.backends.mkldnn.is_available():
+            return None
         try:
             op = torch.ops.mkldnn._linear_pointwise
             a = torch.arange(12, dtype=torch.float32).view(3, 4)
@@ -44,14 +46,13 @@ def _probe():
 
 def onednn_serves(a: torch.Tensor, b: torch.Tensor) -> bool:
     """True when :func:`matmul` would hand ``a @ b`` to oneDNN."""
-    if not (a.device.type == "cpu" and a.dtype == torch.float32 and b.dtype == torch.float32
-            and b.device.type == "cpu" and a.dim() >= 2 and b.dim() >= 2):
+    if not (a.is_cpu and b.is_cpu and a.dtype is torch.float32 and b.dtype is torch.float32
+            and a.dim() >= 2 and b.dim() >= 2):
         return False
-    if a.shape[-2] * a.shape[-1] * b.shape[-1] < ONEDNN_MIN_MACS:
+    a_shape = a.shape
+    if a_shape[-2] * a_shape[-1] * b.shape[-1] < ONEDNN_MIN_MACS:
         return False
-    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
-        return False
-    return _probe() is not None
+    return torch.backends.mkldnn.enabled and _probe() is not None
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -21,6 +21,7 @@ the caller's tensors are).
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from typing import Sequence, Tuple
@@ -73,20 +74,28 @@ def padded_channels_last(x: torch.Tensor, g: ConvGeometry) -> torch.Tensor:
     return padded
 
 
-def _windows(padded: torch.Tensor, g: ConvGeometry, out_size: Sequence[int]) -> torch.Tensor:
-    """The strided view (N, *out, G, *kernel, Cg) of ``padded`` (N, *padded, C): window[n, p, g, r, c]."""
-    ndim = g.ndim
-    spatial = padded.stride()[1:1 + ndim]
-    cg = padded.shape[-1] // g.groups
-    shape = (padded.shape[0], *out_size, g.groups, *g.kernel, cg)
-    strides = (padded.stride(0), *(st * s for st, s in zip(spatial, g.stride)), cg,
+@functools.lru_cache(maxsize=1024)
+def _window_layout(g: ConvGeometry) -> Tuple[tuple, tuple]:
+    """Shape and strides of the windows view of a contiguous (N, *padded, C) buffer."""
+    padded = _padded_size(g)
+    spatial = [g.in_channels * math.prod(padded[i + 1:]) for i in range(g.ndim)]
+    cg = g.channels_per_group
+    shape = (g.batch, *g.out_size, g.groups, *g.kernel, cg)
+    strides = (g.in_channels * math.prod(padded), *(st * s for st, s in zip(spatial, g.stride)), cg,
                *(st * d for st, d in zip(spatial, g.dilation)), 1)
+    return shape, strides
+
+
+def _windows(padded: torch.Tensor, g: ConvGeometry) -> torch.Tensor:
+    """The strided view (N, *out, G, *kernel, Cg) of ``padded`` (N, *padded, C), contiguous:
+    window[n, p, g, r, c] = padded[n, p·stride + r·dilation, g·Cg + c]."""
+    shape, strides = _window_layout(g)
     return padded.as_strided(shape, strides, padded.storage_offset())
 
 
 def columns(x: torch.Tensor, g: ConvGeometry) -> torch.Tensor:
     """x (N, C, *in) -> (N·P·Q, G, R·S·Cg), the column buffer with the channel index fastest."""
-    windows = _windows(padded_channels_last(x, g), g, g.out_size)
+    windows = _windows(padded_channels_last(x, g), g)
     return windows.reshape(-1, g.groups, math.prod(g.kernel) * g.channels_per_group)
 
 
@@ -147,7 +156,7 @@ def grad_input(w: torch.Tensor, dy: torch.Tensor, g: ConvGeometry) -> torch.Tens
         blas.matmul(dy_rows.transpose(0, 1), w_rows, out=dcol.transpose(0, 1))
     dcol = dcol.view(g.batch, *g.out_size, g.groups, *g.kernel, g.channels_per_group)
     padded = dy.new_zeros(g.batch, *_padded_size(g), g.in_channels)
-    windows = _windows(padded, g, g.out_size)  # (N, *out, G, *kernel, Cg), a view of ``padded``
+    windows = _windows(padded, g)  # (N, *out, G, *kernel, Cg), a view of ``padded``
     lead = (slice(None),) * (2 + g.ndim)
     for tap in itertools.product(*(range(k) for k in g.kernel)):
         windows[lead + tap].add_(dcol[lead + tap])
