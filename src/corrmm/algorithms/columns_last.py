@@ -28,6 +28,7 @@ from typing import Sequence, Tuple
 
 import torch
 
+from .. import config
 from ..geometry import ConvGeometry
 from . import blas
 
@@ -45,14 +46,18 @@ MAX_COLUMN_BYTES = 32 << 20
 
 def serves(g: ConvGeometry, device: torch.device, dtype: torch.dtype) -> bool:
     """True for CPU float32/64 problems with small outputs, no negative padding and a column buffer
-    (the larger of the forward's and the stride-1 input gradient's) of at most MAX_COLUMN_BYTES."""
+    (the larger of the forward's and the stride-1 input gradient's) of at most MAX_COLUMN_BYTES and
+    within the workspace limit (:func:`corrmm.set_workspace_limit`)."""
     if not (device.type == "cpu" and dtype in (torch.float32, torch.float64)
             and math.prod(g.out_size) < SMALL_OUTPUT
             and all(low >= 0 and high >= 0 for low, high in g.padding)):
         return False
     patch = math.prod(g.kernel) * max(g.in_channels, g.out_channels)
     positions = g.batch * max(math.prod(g.out_size), math.prod(g.in_size))
-    return patch * positions * 4 <= MAX_COLUMN_BYTES
+    # the outputs here come whole from GEMMs (nothing for config.new_output's poisoning to reveal), but a
+    # malformed CORRMM_POISON is reported at first use as on every other path
+    config.poisoning()
+    return patch * positions * 4 <= min(MAX_COLUMN_BYTES, config.workspace_limit())
 
 
 def _padded_size(g: ConvGeometry) -> Tuple[int, ...]:
