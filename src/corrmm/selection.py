@@ -24,6 +24,10 @@ cpu-small suite and the demo's layers; PERFORMANCE.md, "CPU"):
 
 * gemm1x1 for plain 1x1 layers (im2col for their weight gradient on small images);
 * winograd for 3x3 / 3-tap stride-1 layers with >= 128 channels and filters per group;
+* small images (under 1024 output positions, a whole-batch column buffer within the workspace):
+  im2col in every pass, whose CPU path for them (``algorithms/columns_last.py``) builds one
+  channels-last column buffer for the batch and runs one oneDNN GEMM per group (PERFORMANCE.md,
+  "CPU v3": the demo's layers 1.1x-1.6x swapped);
 * grad_input: swapped at stride 1 when its column buffer is no larger than
   im2col's or there are 16+ channels per group, else im2col (whose col2im is
   torch's fold);

@@ -14,7 +14,10 @@ length R·S), and the passes are memory-bound. Written per tap t = (r, s, ...)::
 * CUDA, 1-D and 2-D: the Triton kernels of :mod:`corrmm.kernels.depthwise`
   (a tile of pixels x a block of channels per program, NHWC, a deterministic
   two-stage weight-gradient reduction). 1-D runs as 2-D with H = 1.
-* CPU (and 3-D anywhere): torch ops, one per tap, each over the whole batch.
+* CPU, 3x3 stride-1 undilated layers on NCHW images (when numba is installed): the
+  numba kernel of :mod:`corrmm.kernels.depthwise_numba` for the forward pass, and for the
+  input gradient with one filter per channel (the same kernel on dy, the filter rotated).
+* CPU otherwise (and 3-D anywhere): torch ops, one per tap, each over the whole batch.
   A tap's input positions form a strided slice of x (restricted to the output
   positions whose tap lands inside the image, so nothing is padded or copied),
   and its weights are one value per channel broadcast over the pixels:
