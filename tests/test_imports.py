@@ -134,7 +134,7 @@ def test_dependencies_point_one_way(lower, higher):
 
 
 #: subpackages that need an optional dependency (an extra of pyproject.toml), which a GPU image may lack
-OPTIONAL = {"corrmm.pytensor": "pytensor"}
+OPTIONAL = {"corrmm.pytensor": "pytensor", "corrmm.kernels.depthwise_numba": "numba"}
 
 
 def _missing(name: str) -> list:

@@ -99,6 +99,7 @@ CPU_LAYERS = {
     "C5": ((64, 16, 8, 8), (32, 16, 3, 3), 1, 1),
     "D1": ((32, 1, 8, 8), (32, 1, 3, 3), 1, 1),
     "D2": ((32, 32, 8, 8), (64, 32, 3, 3), 1, 2),
+    "D3": ((32, 64, 4, 4), (64, 64, 3, 3), 1, 1),
     "D4": ((32, 64, 4, 4), (128, 64, 1, 1), 0, 1),
 }
 
@@ -107,8 +108,11 @@ CPU_LAYERS = {
     ("C1", "forward", "im2col"), ("C1", "grad_input", "swapped"), ("C1", "grad_weight", "im2col"),
     ("C2", "forward", "winograd"), ("C2", "grad_input", "winograd"), ("C2", "grad_weight", "winograd"),
     ("C3", "forward", "im2col"), ("C3", "grad_input", "im2col"), ("C3", "grad_weight", "im2col"),
-    ("C4", "grad_weight", "im2col"), ("C4", "grad_input", "swapped"), ("C5", "grad_input", "swapped"),
-    ("D1", "forward", "im2col"), ("D1", "grad_input", "im2col"), ("D1", "grad_weight", "swapped"),
+    ("C4", "grad_weight", "im2col"), ("C4", "grad_input", "swapped"),
+    # CPU v3: small images take im2col's whole-batch channels-last columns in every pass
+    ("C5", "forward", "im2col"), ("C5", "grad_input", "im2col"), ("C5", "grad_weight", "im2col"),
+    ("D1", "forward", "im2col"), ("D1", "grad_input", "im2col"), ("D1", "grad_weight", "im2col"),
+    ("D3", "forward", "im2col"), ("D3", "grad_input", "im2col"), ("D3", "grad_weight", "im2col"),
     ("D2", "grad_input", "im2col"), ("D2", "grad_weight", "im2col"),
     ("D4", "forward", "gemm1x1"), ("D4", "grad_weight", "im2col"),
 ])

@@ -24,6 +24,10 @@ cpu-small suite and the demo's layers; PERFORMANCE.md, "CPU"):
 
 * gemm1x1 for plain 1x1 layers (im2col for their weight gradient on small images);
 * winograd for 3x3 / 3-tap stride-1 layers with >= 128 channels and filters per group;
+* small images (under 1024 output positions, a whole-batch column buffer within the workspace):
+  im2col in every pass, whose CPU path for them (``algorithms/columns_last.py``) builds one
+  channels-last column buffer for the batch and runs one oneDNN GEMM per group (PERFORMANCE.md,
+  "CPU v3": the demo's layers 1.1x-1.6x swapped);
 * grad_input: swapped at stride 1 when its column buffer is no larger than
   im2col's or there are 16+ channels per group, else im2col (whose col2im is
   torch's fold);
@@ -70,6 +74,7 @@ import math
 import torch
 
 from . import algorithms
+from .algorithms import columns_last
 from .geometry import ConvGeometry
 
 FEW_CHANNELS = 16      # below this many channels per group, implicit tiles are mostly padding
@@ -198,6 +203,10 @@ def _cpu_rule(pass_name: str, g: ConvGeometry) -> str:
         return "gemm1x1"
     if _winograd_fits(g) and min(g.channels_per_group, g.filters_per_group) >= WINOGRAD_MIN_CHANNELS:
         return "winograd"
+    if columns_last.serves(g, torch.device("cpu"), torch.float32):
+        # small images: im2col's whole-batch channels-last columns and one oneDNN GEMM per group, every
+        # pass (CPU v3: the demo's D1-D3 1.1x-1.6x swapped; D1's weight gradient 1.6x)
+        return "im2col"
     if pass_name == "grad_input":
         in_area, out_area = math.prod(g.in_size), math.prod(g.out_size)
         unit_stride = all(s == 1 for s in g.stride)

@@ -14,7 +14,10 @@ length R·S), and the passes are memory-bound. Written per tap t = (r, s, ...)::
 * CUDA, 1-D and 2-D: the Triton kernels of :mod:`corrmm.kernels.depthwise`
   (a tile of pixels x a block of channels per program, NHWC, a deterministic
   two-stage weight-gradient reduction). 1-D runs as 2-D with H = 1.
-* CPU (and 3-D anywhere): torch ops, one per tap, each over the whole batch.
+* CPU, 3x3 stride-1 undilated layers on NCHW images (when numba is installed): the
+  numba kernel of :mod:`corrmm.kernels.depthwise_numba` for the forward pass, and for the
+  input gradient with one filter per channel (the same kernel on dy, the filter rotated).
+* CPU otherwise (and 3-D anywhere): torch ops, one per tap, each over the whole batch.
   A tap's input positions form a strided slice of x (restricted to the output
   positions whose tap lands inside the image, so nothing is padded or copied),
   and its weights are one value per channel broadcast over the pixels:
@@ -176,6 +179,73 @@ def torch_grad_weight(x: torch.Tensor, dy: torch.Tensor, g: ConvGeometry) -> tor
     return dw.view(g.weight_shape)
 
 
+# ---- the numba path: 3x3 NCHW layers on the CPU --------------------------------------------
+
+def _numba_kernels():
+    from ..kernels import depthwise_numba
+    return depthwise_numba
+
+
+@functools.lru_cache(maxsize=1)
+def numba_available() -> bool:
+    return importlib.util.find_spec("numba") is not None
+
+
+def _rotated_padding(g: ConvGeometry):
+    """The padding of the stride-1 input gradient written as a forward pass: d·(k - 1) - low per dimension."""
+    return [d * (k - 1) - low for k, d, (low, _) in zip(g.kernel, g.dilation, g.padding)]
+
+
+def uses_numba(pass_name: str, t: torch.Tensor, g: ConvGeometry) -> bool:
+    """True where the numba kernel runs the pass: CPU, 2-D, 3x3, stride 1, no dilation, an NCHW image;
+    the input gradient with one filter per channel (the forward kernel on dy, the kernel rotated).
+    Strided and dilated layers stay with the torch ops: the kernel's strided loads do not vectorise.
+    The weight gradient stays with the torch ops (a reduction that numba does not vectorise
+    without fast-math)."""
+    if not (t.device.type == "cpu" and g.ndim == 2 and tuple(g.kernel) == (3, 3) and t.is_contiguous()
+            and all(s == 1 for s in g.stride) and all(d == 1 for d in g.dilation)
+            and pass_name != "grad_weight" and numba_available()):
+        return False
+    if pass_name == "grad_input":
+        return g.filters_per_group == 1 and all(p >= 0 for p in _rotated_padding(g))
+    return True
+
+
+def _run_numba(kernel, *arrays_and_args) -> None:
+    """Run a numba kernel on as many threads as torch uses. numba's OpenMP pool, started by its first
+    parallel launch, resets the process's OpenMP thread count, which torch's own ops read: torch's
+    setting is put back afterwards."""
+    import numba
+    torch_threads = torch.get_num_threads()
+    threads = max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != threads:
+        numba.set_num_threads(threads)
+    try:
+        kernel(*arrays_and_args)
+    finally:
+        if torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
+
+
+def numba_forward(x: torch.Tensor, w: torch.Tensor, g: ConvGeometry) -> torch.Tensor:
+    dtype = _compute_dtype(x.dtype)
+    x = x.to(dtype).contiguous()
+    w = w.to(dtype).reshape(g.out_channels, 3, 3).contiguous()
+    y = torch.empty(g.output_shape, dtype=dtype)
+    _run_numba(_numba_kernels().forward_3x3, x.numpy(), w.numpy(), y.numpy(), *(low for low, _ in g.padding))
+    return y
+
+
+def numba_grad_input(w: torch.Tensor, dy: torch.Tensor, g: ConvGeometry) -> torch.Tensor:
+    """dx = dy correlated with the kernel rotated 180°, padded by k - 1 - low (stride 1, M = 1)."""
+    dtype = _compute_dtype(dy.dtype)
+    dy = dy.to(dtype).contiguous()
+    w = w.to(dtype).reshape(g.out_channels, 3, 3).flip((1, 2)).contiguous()
+    dx = torch.empty(g.input_shape, dtype=dtype)
+    _run_numba(_numba_kernels().forward_3x3, dy.numpy(), w.numpy(), dx.numpy(), *_rotated_padding(g))
+    return dx
+
+
 # ---- the algorithm ---------------------------------------------------------------------
 
 class Depthwise(Algorithm):
@@ -200,11 +270,15 @@ class Depthwise(Algorithm):
     def forward(self, input, weight, g: ConvGeometry):
         if uses_triton(g, input.device):
             return _lower(_kernels().forward(_lift(input, g), _lift(weight, g), as_2d(g)), g)
+        if uses_numba("forward", input, g):
+            return numba_forward(input, weight, g)
         return torch_forward(input, weight, g)
 
     def grad_input(self, weight, grad_output, g: ConvGeometry):
         if uses_triton(g, grad_output.device):
             return _lower(_kernels().grad_input(_lift(weight, g), _lift(grad_output, g), as_2d(g)), g)
+        if uses_numba("grad_input", grad_output, g):
+            return numba_grad_input(weight, grad_output, g)
         return torch_grad_input(weight, grad_output, g)
 
     def grad_weight(self, input, grad_output, g: ConvGeometry):

@@ -35,6 +35,7 @@ import torch
 
 from .. import config
 from ..geometry import ConvGeometry
+from . import blas
 from .base import Algorithm
 from .patches import batch_chunks
 
@@ -68,18 +69,18 @@ def apply_channel_matrix(t: torch.Tensor, mat: torch.Tensor, groups: int) -> tor
         out = config.new_output(t, (batch, *spatial, groups * mo))
         out_rows = out.view(-1, groups * mo)
         if groups == 1:
-            torch.mm(rows, mat[0].t(), out=out_rows)
+            blas.matmul(rows, mat[0].t(), out=out_rows)
         else:  # batch over groups: (G, N·S, Mi) · (G, Mi, Mo), written straight into the strided output
-            torch.bmm(rows.view(-1, groups, mi).transpose(0, 1), mat.transpose(1, 2),
+            blas.matmul(rows.view(-1, groups, mi).transpose(0, 1), mat.transpose(1, 2),
                       out=out_rows.view(-1, groups, mo).transpose(0, 1))
         return out.permute(0, out.dim() - 1, *range(1, out.dim() - 1))
     cols = t.reshape(batch, groups * mi, -1)  # a view unless t is arbitrarily strided
     out = config.new_output(t, (batch, groups * mo, cols.shape[2]))
     if groups == 1:
         # an expanded (stride-0) weight: bmm reads it in place for every image
-        torch.bmm(mat[0].expand(batch, mo, mi), cols, out=out)
+        blas.matmul(mat[0].expand(batch, mo, mi), cols, out=out)
     else:
-        torch.matmul(mat, cols.view(batch, groups, mi, -1), out=out.view(batch, groups, mo, -1))
+        blas.matmul(mat, cols.view(batch, groups, mi, -1), out=out.view(batch, groups, mo, -1))
     return out.view(batch, groups * mo, *spatial)
 
 
@@ -92,14 +93,14 @@ def channel_correlation(x: torch.Tensor, dy: torch.Tensor, groups: int) -> torch
     if x_rows is not None and dy_rows is not None and (_is_channels_last(x) or _is_channels_last(dy)):
         # one GEMM over all N·S positions: (G, Kg, N·S) · (G, N·S, Cg)
         if groups == 1:
-            return torch.mm(dy_rows.t(), x_rows).unsqueeze(0)
-        return torch.bmm(dy_rows.view(-1, groups, kg).permute(1, 2, 0), x_rows.view(-1, groups, cg).transpose(0, 1))
+            return blas.matmul(dy_rows.t(), x_rows).unsqueeze(0)
+        return blas.matmul(dy_rows.view(-1, groups, kg).permute(1, 2, 0), x_rows.view(-1, groups, cg).transpose(0, 1))
     x4 = x.reshape(batch, groups, cg, -1)
     dy4 = dy.reshape(batch, groups, kg, -1)
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     total = None
     for start, n in batch_chunks(batch, groups * kg * cg * x.element_size()):
-        part = torch.matmul(dy4[start:start + n], x4[start:start + n].transpose(-1, -2))  # (n, G, Kg, Cg)
+        part = blas.matmul(dy4[start:start + n], x4[start:start + n].transpose(-1, -2))  # (n, G, Kg, Cg)
         part = part.sum(0, dtype=acc_dtype)
         total = part if total is None else total.add_(part)
     return total

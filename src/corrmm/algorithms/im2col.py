@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from .. import config
 from ..geometry import ConvGeometry
+from . import blas, columns_last
 from .base import Algorithm
 from .patches import batch_chunks, group_filter, group_image, numel, pad_or_crop, patches
 
@@ -67,7 +68,7 @@ def _forward_panels(x, w_mat, y, padding, stride, dilation, kernel, out_size) ->
             panel = buffer[:, :, :rows * row]
             panel.view(groups, cg, *kernel, rows, *out_size[1:]).copy_(source[n].narrow(2 + ndim, start, rows))
             for gi in range(groups):
-                torch.mm(w_mat[gi], panel[gi], out=y[n, gi, :, start * row:(start + rows) * row])
+                blas.matmul(w_mat[gi], panel[gi], out=y[n, gi, :, start * row:(start + rows) * row])
 
 
 def _grad_weight_panels(x, dy, padding, stride, dilation, kernel) -> torch.Tensor:
@@ -85,7 +86,7 @@ def _grad_weight_panels(x, dy, padding, stride, dilation, kernel) -> torch.Tenso
             panel = buffer[:, :, :rows * row]
             panel.view(groups, cg, *kernel, rows, *out_size[1:]).copy_(source[n].narrow(2 + ndim, start, rows))
             for gi in range(groups):
-                dw[gi].addmm_(dy_mat[n, gi, :, start * row:(start + rows) * row], panel[gi].t())
+                blas.addmm_(dw[gi], dy_mat[n, gi, :, start * row:(start + rows) * row], panel[gi].t())
     return dw
 
 
@@ -133,7 +134,7 @@ def forward_grouped(x: torch.Tensor, w: torch.Tensor, padding, stride, dilation,
     for start, n in batch_chunks(batch, groups * patch_len * numel(out_size) * x.element_size()):
         if whole_batch and cg >= CHANNELS_LAST_COLUMNS_FROM:
             cols = channels_last_columns(x[start:start + n], padding, stride, dilation, kernel, out_size)
-            y_t = torch.matmul(cols, _kernel_last_channels(w))  # (G, n·P·Q, Kg)
+            y_t = blas.matmul(cols, _kernel_last_channels(w))  # (G, n·P·Q, Kg)
             y[start:start + n] = y_t.view(groups, n, -1, kg).permute(1, 0, 3, 2)
             continue
         cols = patches(x[start:start + n], padding, stride, dilation, kernel, out_size)
@@ -141,12 +142,12 @@ def forward_grouped(x: torch.Tensor, w: torch.Tensor, padding, stride, dilation,
             # few output positions: one (Kg × Cg·R·S)·(Cg·R·S × n·P·Q) GEMM per group instead of n thin ones
             order = [1, 2, *range(3 + ndim, 3 + 2 * ndim), 0, *range(3, 3 + ndim)]
             cols = cols.permute(order).reshape(groups, patch_len, -1)
-            y[start:start + n] = torch.matmul(w_mat, cols).view(groups, kg, n, -1).permute(2, 0, 1, 3)
+            y[start:start + n] = blas.matmul(w_mat, cols).view(groups, kg, n, -1).permute(2, 0, 1, 3)
             continue
         # (n, G, Cg, *out, *k) -> (n, G, Cg, *k, *out): the column buffer, copied once
         order = [0, 1, 2, *range(3 + ndim, 3 + 2 * ndim), *range(3, 3 + ndim)]
         cols = cols.permute(order).reshape(n, groups, patch_len, -1)
-        torch.matmul(w_mat, cols, out=y[start:start + n])
+        blas.matmul(w_mat, cols, out=y[start:start + n])
     return y.unflatten(3, tuple(out_size))
 
 
@@ -219,9 +220,9 @@ def grad_input_grouped(w: torch.Tensor, dy: torch.Tensor, padding, stride, dilat
     for start, n in batch_chunks(batch, per_image):
         if numel(out_size) < BATCHED_GEMM_BELOW:  # one GEMM per group over the chunk's n·P·Q columns
             dy_mat = dy[start:start + n].reshape(n, groups, kg, -1).permute(1, 2, 0, 3).reshape(groups, kg, -1)
-            col = torch.matmul(w_t, dy_mat).view(groups, patch_len, n, -1).permute(2, 0, 1, 3)
+            col = blas.matmul(w_t, dy_mat).view(groups, patch_len, n, -1).permute(2, 0, 1, 3)
         else:
-            col = torch.matmul(w_t, dy[start:start + n].reshape(n, groups, kg, -1))  # (n, G, Cg·R·S, P·Q)
+            col = blas.matmul(w_t, dy[start:start + n].reshape(n, groups, kg, -1))  # (n, G, Cg·R·S, P·Q)
         if fold:
             image = _col2im_fold(col.reshape(n, groups * cg, *kernel, *out_size), in_size, padding, stride, dilation)
             dx[start:start + n] = image.reshape(n, groups, cg, *in_size)
@@ -251,7 +252,7 @@ def grad_weight_grouped(x: torch.Tensor, dy: torch.Tensor, padding, stride, dila
             order = [1, 0, *range(3, 3 + ndim), 2, *range(3 + ndim, 3 + 2 * ndim)]
             cols = cols.permute(order).reshape(groups, -1, patch_len)
         dy_mat = dy[start:start + n].permute(1, 2, 0, *range(3, 3 + ndim)).reshape(groups, kg, -1)  # (G, Kg, n·P·Q)
-        part = torch.matmul(dy_mat, cols)
+        part = blas.matmul(dy_mat, cols)
         if total is None:
             total = part
         else:  # several chunks: accumulate in float32 (float64 stays float64)
@@ -267,16 +268,22 @@ class Im2col(Algorithm):
     name = "im2col"
 
     def forward(self, input, weight, g: ConvGeometry):
+        if columns_last.serves(g, input.device, input.dtype):
+            return columns_last.forward(input, weight, g)
         y = forward_grouped(group_image(input, g.groups), group_filter(weight, g.groups),
                             g.padding, g.stride, g.dilation, g.out_size)
         return y.flatten(1, 2)
 
     def grad_input(self, weight, grad_output, g: ConvGeometry):
+        if columns_last.serves(g, grad_output.device, grad_output.dtype):
+            return columns_last.grad_input(weight, grad_output, g)
         dx = grad_input_grouped(group_filter(weight, g.groups), group_image(grad_output, g.groups),
                                 g.padding, g.stride, g.dilation, g.in_size)
         return dx.flatten(1, 2)
 
     def grad_weight(self, input, grad_output, g: ConvGeometry):
+        if columns_last.serves(g, input.device, input.dtype):
+            return columns_last.grad_weight(input, grad_output, g)
         dw = grad_weight_grouped(group_image(input, g.groups), group_image(grad_output, g.groups),
                                  g.padding, g.stride, g.dilation, g.kernel)
         return dw.flatten(0, 1)

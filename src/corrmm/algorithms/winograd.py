@@ -71,6 +71,7 @@ import torch
 
 from .. import config
 from ..geometry import ConvGeometry
+from . import blas
 from .base import Algorithm
 from .non_finite import direct_when_non_finite
 from .patches import batch_chunks, pad_or_crop
@@ -270,7 +271,7 @@ def _correlate(x: torch.Tensor, u: torch.Tensor, padding, out_size: Sequence[int
     per_image = a_nd * math.prod(_tile_counts(out_size, tile)) * 2 * (channels + groups * kg) * x.element_size()
     for start, n in batch_chunks(batch, per_image):
         v = _input_transform(x[start:start + n], padding, out_size, tile)     # (a^nd, n·T, C)
-        m = torch.matmul(_by_group(v, groups), u.transpose(2, 3))              # (a^nd, G, n·T, Kg)
+        m = blas.matmul(_by_group(v, groups), u.transpose(2, 3))              # (a^nd, G, n·T, Kg)
         m = m.transpose(1, 2).reshape(a_nd, -1, groups * kg)                   # (a^nd, n·T, K)
         out[start:start + n] = _output_transform(m, n, out_size, tile)
 
@@ -329,7 +330,7 @@ class Winograd(Algorithm):
             v = _input_transform(input[start:start + n].to(dtype), g.padding, g.out_size, tile)  # (a, n·T, C)
             dy_hat = _output_gradient_transform(grad_output[start:start + n].to(dtype), tile)       # (a, n·T, K)
             # dU[ξ] = Ŷ[ξ]ᵀ · V[ξ], one GEMM per (ξ, group) over every tile of the chunk
-            part = torch.matmul(_by_group(dy_hat, groups).transpose(2, 3), _by_group(v, groups))    # (a, G, Kg, Cg)
+            part = blas.matmul(_by_group(dy_hat, groups).transpose(2, 3), _by_group(v, groups))    # (a, G, Kg, Cg)
             du = part if du is None else du.add_(part)
         dw = torch.matmul(g_mat.t(), du.view(a_nd, -1))  # (3^nd, K·Cg)
         return dw.t().reshape(g.weight_shape)
