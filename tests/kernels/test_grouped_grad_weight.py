@@ -143,6 +143,8 @@ def test_policy():
     assert ggw.pack_for(geometry(1, 1024, 1024, (4, 4), (3, 3), groups=32)) == 1  # groups of 32
     assert not ggw.applies(geometry(1, 64, 64, (4, 4), (3, 3)))  # dense
     assert not ggw.applies(geometry(1, 128, 128, (4, 4), (3, 3), groups=2))  # 64 filters per group
+    assert ggw.applies(geometry(1, 512, 512, (4, 4), (3, 3), groups=32))  # groups of 16
+    assert not ggw.applies(geometry(1, 1024, 1024, (4, 4), (3, 3), groups=32))  # groups of 32: the dense kernel
     device = torch.device("cpu")  # 4 SMs under the interpreter's model
     assert ggw.choose_splits(8, 288, 50176, 18432, device) == 1  # 24 tiles already fill 4 SMs
     assert ggw.choose_splits(1, 72, 50176, 576, device) == 16  # 4 programs on each of 4 SMs

@@ -70,8 +70,10 @@ _TILES = [
 
 #: the packed width (GP·max(Cg, Kg)) this kernel aims for: rows of one 32-filter tile
 PACK_WIDTH = 32
-#: groups of at most this many filters take this kernel (above it the dense kernel's tiles fill)
-MAX_FILTERS_PER_GROUP = 32
+#: groups of at most this many filters take this kernel (above it the dense kernel's tiles fill). H100,
+#: bf16, batch 64, NCHW inputs (PERFORMANCE.md, "v8"): groups of 16 (512 ch, 14²) 0.090 ms here against
+#: the dense kernel's 0.131; groups of 32 (1024 ch, 7²) 0.105 against 0.060
+MAX_FILTERS_PER_GROUP = 16
 #: programs per SM the split count aims for (short programs, several per SM to hide the gathers' latency)
 _PROGRAMS_PER_SM = 4
 #: the nominal column tile of the split count (the tuned one is not known before launch)
@@ -262,7 +264,7 @@ def grouped_grad_weight_kernel(
 # ---- host side ----------------------------------------------------------------------------
 
 def applies(g: ConvGeometry) -> bool:
-    """Whether this kernel serves the layer's weight gradient: several groups of at most 32 filters each
+    """Whether this kernel serves the layer's weight gradient: several groups of at most 16 filters each
     (depthwise layers included, when ``algo="implicit"`` is asked for: 32 channels per program)."""
     return g.groups > 1 and g.filters_per_group <= MAX_FILTERS_PER_GROUP and g.ndim in (2, 3)
 
