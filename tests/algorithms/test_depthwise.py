@@ -261,3 +261,12 @@ def test_not_supported_reasons_name_the_problem():
     cuda_reasons = algo.not_supported_reasons(huge, "forward", torch.device("cuda"), torch.float32)
     assert any("grid limit" in r for r in cuda_reasons) or any("Triton" in r for r in cuda_reasons)
     assert algo.not_supported_reasons(huge, "forward", torch.device("cpu"), torch.float32) == []
+
+
+def test_cpu_passes_without_numba_take_the_torch_ops(monkeypatch):
+    """Where numba is missing, 3x3 stride-1 NCHW layers run on the per-tap torch ops, as every other layer."""
+    from corrmm.algorithms import depthwise
+    monkeypatch.setattr(depthwise, "numba_available", lambda: False)
+    g = make_geometry((2, 4, 6, 6), (4, 1, 3, 3), 1, 1, 1, 4)
+    assert not depthwise.uses_numba("forward", torch.empty(g.input_shape), g)
+    check_case((2, 4, 1, (6, 6), (3, 3), 1, (1, 1), (1, 1)), torch.float32)
