@@ -10,7 +10,8 @@ reaches 2x that (PERFORMANCE.md, "CPU v3"). torch exposes it as the operator
 repay oneDNN's ~10 µs of fixed cost per call, and everything else (other
 devices and dtypes, small products, a torch built without oneDNN or with it
 switched off through ``torch.backends.mkldnn``) to ``torch.matmul``. Both
-accumulate in float32 and are deterministic.
+accumulate in float32 and give the same result on every run with the same
+number of threads.
 """
 from __future__ import annotations
 
