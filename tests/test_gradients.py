@@ -68,3 +68,21 @@ def test_conv_flips_and_is_differentiable():
     assert torch.allclose(y, corrmm.corr2d(x, w.flip(2, 3), border_mode="half"))
     assert torch.equal(corrmm.conv2d(x, w, filter_flip=False), corrmm.corr2d(x, w))
     assert gradgradcheck(lambda x, w: corrmm.conv2d(x, w, subsample=2), (x, w))
+
+
+def test_eager_calls_record_the_light_autograd_functions():
+    """A plain eager call with gradients records the Functions without setup_context (no argument binding
+    per call); their backward is the same formula: first and second derivatives match torch's."""
+    gen = seeded_generator("eager functions")
+    x = randn((2, 3, 6, 5), gen).requires_grad_()
+    w = randn((4, 3, 3, 3), gen).requires_grad_()
+    y = corrmm.corr2d(x, w, border_mode=1, algo="im2col")
+    assert type(y.grad_fn).__name__.startswith("_EagerCorrFunction")
+    dy = randn(y.shape, gen)
+    gx, gw = torch.autograd.grad(y, (x, w), dy, create_graph=True)
+    ref = torch.nn.functional.conv2d(x, w, padding=1)
+    rx, rw = torch.autograd.grad(ref, (x, w), dy, create_graph=True)
+    assert torch.allclose(gx, rx) and torch.allclose(gw, rw)
+    second = torch.autograd.grad((gx.square().sum() + gw.square().sum()), (x, w))
+    ref_second = torch.autograd.grad((rx.square().sum() + rw.square().sum()), (x, w))
+    assert all(torch.allclose(a, b) for a, b in zip(second, ref_second))

@@ -105,7 +105,7 @@ CPU_LAYERS = {
 
 
 @pytest.mark.parametrize("name,pass_name,expected", [
-    ("C1", "forward", "im2col"), ("C1", "grad_input", "swapped"), ("C1", "grad_weight", "im2col"),
+    ("C1", "forward", "winograd"), ("C1", "grad_input", "winograd"), ("C1", "grad_weight", "im2col"),  # CPU v3
     ("C2", "forward", "winograd"), ("C2", "grad_input", "winograd"), ("C2", "grad_weight", "winograd"),
     ("C3", "forward", "im2col"), ("C3", "grad_input", "im2col"), ("C3", "grad_weight", "im2col"),
     ("C4", "grad_weight", "im2col"), ("C4", "grad_input", "swapped"),

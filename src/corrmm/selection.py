@@ -23,7 +23,8 @@ buffer:
 cpu-small suite and the demo's layers; PERFORMANCE.md, "CPU"):
 
 * gemm1x1 for plain 1x1 layers (im2col for their weight gradient on small images);
-* winograd for 3x3 / 3-tap stride-1 layers with >= 128 channels and filters per group;
+* winograd for 3x3 / 3-tap stride-1 layers with >= 128 channels and filters per group, and for
+  the forward and input-gradient passes of larger images from 64 (CPU v3, C1);
 * small images (under 1024 output positions, a whole-batch column buffer within the workspace):
   im2col in every pass, whose CPU path for them (``algorithms/columns_last.py``) builds one
   channels-last column buffer for the batch and runs one oneDNN GEMM per group (PERFORMANCE.md,
@@ -188,6 +189,7 @@ def is_depthwise(g: ConvGeometry) -> bool:
 #: 128-channel 28² layer 1.5x-2x the best column-buffer algorithm; at 64 (C1, D3) its transforms,
 #: which move 4x the image, cost as much as the multiplications they save
 WINOGRAD_MIN_CHANNELS = 128
+WINOGRAD_MIN_CHANNELS_CPU_V3 = 64  # forward and input gradient of larger images
 SMALL_1X1_OUTPUT = 256  # 1x1 weight gradients on small images: im2col's single GEMM beats per-image ones
 
 
@@ -207,6 +209,11 @@ def _cpu_rule(pass_name: str, g: ConvGeometry) -> str:
         # small images: im2col's whole-batch channels-last columns and one oneDNN GEMM per group, every
         # pass (CPU v3: the demo's D1-D3 1.1x-1.6x swapped; D1's weight gradient 1.6x)
         return "im2col"
+    if (_winograd_fits(g) and pass_name != "grad_weight"
+            and min(g.channels_per_group, g.filters_per_group) >= WINOGRAD_MIN_CHANNELS_CPU_V3):
+        # with oneDNN's GEMMs (CPU v3) F(2x2, 3x3) pays from 64 channels: C1 forward 15.6 ms against
+        # im2col's 21.2, input gradient 16.1 against swapped's 21.6 (its weight gradient: im2col, 20.6 / 21.9)
+        return "winograd"
     if pass_name == "grad_input":
         in_area, out_area = math.prod(g.in_size), math.prod(g.out_size)
         unit_stride = all(s == 1 for s in g.stride)

@@ -317,3 +317,10 @@ def test_kernel_weight_gradient_taps_launch_signature(monkeypatch):
     # on a GPU the operands' NHWC transposes are planned launches too: pick the taps kernel's pair
     (partials, _), = [plan for plan in common._PLANS.values() if isinstance(plan, tuple)]
     assert len(partials.kernel.arg_names) == 3 + len(partials.scalars) + len(partials.meta)
+def test_cpu_passes_without_numba_take_the_torch_ops(monkeypatch):
+    """Where numba is missing, 3x3 stride-1 NCHW layers run on the per-tap torch ops, as every other layer."""
+    from corrmm.algorithms import depthwise
+    monkeypatch.setattr(depthwise, "numba_available", lambda: False)
+    g = make_geometry((2, 4, 6, 6), (4, 1, 3, 3), 1, 1, 1, 4)
+    assert not depthwise.uses_numba("forward", torch.empty(g.input_shape), g)
+    check_case((2, 4, 1, (6, 6), (3, 3), 1, (1, 1), (1, 1)), torch.float32)

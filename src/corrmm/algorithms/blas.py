@@ -10,7 +10,8 @@ reaches 2x that (PERFORMANCE.md, "CPU v3"). torch exposes it as the operator
 repay oneDNN's ~10 µs of fixed cost per call, and everything else (other
 devices and dtypes, small products, a torch built without oneDNN or with it
 switched off through ``torch.backends.mkldnn``) to ``torch.matmul``. Both
-accumulate in float32 and are deterministic.
+accumulate in float32 and give the same result on every run with the same
+number of threads.
 """
 from __future__ import annotations
 
@@ -44,6 +45,15 @@ def _probe():
     return _onednn_linear or None
 
 
+def _dense(t: torch.Tensor) -> bool:
+    """The last two dimensions are a dense matrix, row- or column-major (no padded leading dimension:
+    oneDNN takes such operands, but through a path hundreds of times slower than MKL's)."""
+    rows, cols = t.shape[-2:]
+    row_stride, col_stride = t.stride()[-2:]
+    return ((col_stride == 1 or cols == 1) and (row_stride == cols or rows == 1)) or \
+           ((row_stride == 1 or rows == 1) and (col_stride == rows or cols == 1))
+
+
 def onednn_serves(a: torch.Tensor, b: torch.Tensor) -> bool:
     """True when :func:`matmul` would hand ``a @ b`` to oneDNN."""
     if not (a.is_cpu and b.is_cpu and a.dtype is torch.float32 and b.dtype is torch.float32
@@ -51,6 +61,8 @@ def onednn_serves(a: torch.Tensor, b: torch.Tensor) -> bool:
         return False
     a_shape = a.shape
     if a_shape[-2] * a_shape[-1] * b.shape[-1] < ONEDNN_MIN_MACS:
+        return False
+    if not (_dense(a) and _dense(b)) or (b.dim() == 2 and a.dim() > 2 and not a.is_contiguous()):
         return False
     return torch.backends.mkldnn.enabled and _probe() is not None
 
