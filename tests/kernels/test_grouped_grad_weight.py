@@ -6,7 +6,6 @@ On the CPU the kernel runs under Triton's interpreter on small shapes; on a GPU
 from __future__ import annotations
 
 import importlib.util
-import os
 
 import pytest
 import torch
@@ -14,27 +13,13 @@ import torch
 import corrmm
 from corrmm import config
 from corrmm.geometry import ConvGeometry
+from tests.kernels.shared import TOLERANCE, ieee_float32, requires_kernels  # noqa: F401 (autouse fixture)
 from tests.reference import DEVICE, seeded_generator
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("triton") is None
-    or (DEVICE.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1"),
-    reason="the implicit kernels need Triton, and on the CPU its interpreter",
-)
+pytestmark = requires_kernels
 
 if importlib.util.find_spec("triton") is not None:
     from corrmm.kernels import grouped_grad_weight as ggw, implicit_grad_weight as kgw
-
-TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 1e-2, torch.bfloat16: 1e-2}
-
-
-@pytest.fixture(autouse=True)
-def ieee_float32():
-    """float32 cases measure IEEE products: TF32 off for the test, restored after."""
-    previous = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32 = previous
 
 
 def geometry(batch, channels, filters, size, kernel, padding=None, stride=None, dilation=None, groups=1):

@@ -9,7 +9,6 @@ Tolerances (relative error in norm): 1e-5 float32 (IEEE products; TF32 is
 switched off here), 1e-12 float64, 1e-2 for the 16-bit types.
 """
 import importlib.util
-import os
 import subprocess
 import sys
 
@@ -19,29 +18,15 @@ import torch
 import corrmm
 from corrmm import config
 from corrmm.geometry import ConvGeometry
+from tests.kernels.shared import TOLERANCE, ieee_float32, requires_kernels  # noqa: F401 (autouse fixture)
 from tests.reference import DEVICE, seeded_generator
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("triton") is None
-    or (DEVICE.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1"),
-    reason="the implicit kernels need Triton, and on the CPU its interpreter",
-)
+pytestmark = requires_kernels
 
 if importlib.util.find_spec("triton") is not None:
     from corrmm.algorithms import implicit
     from corrmm.kernels import common
     from corrmm.kernels import implicit_forward as kf, implicit_grad_input as kgi, implicit_grad_weight as kgw
-
-TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 1e-2, torch.bfloat16: 1e-2}
-
-
-@pytest.fixture(autouse=True)
-def ieee_float32():
-    """float32 cases measure IEEE products: TF32 off for the test, restored after."""
-    previous = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32 = previous
 
 
 def geometry(batch, channels, filters, size, kernel, padding=((0, 0), (0, 0)), stride=(1, 1), dilation=(1, 1),
