@@ -61,6 +61,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         per_rank = BATCH // WORLD
         grads, params = _train(model, _data(), slice(rank * per_rank, (rank + 1) * per_rank))
         torch.save({"grads": grads, "params": params}, os.path.join(out_dir, f"rank{rank}.pt"))
+        # both ranks done before either tears gloo down: a rank that destroys the group while its peer
+        # is still in the last all-reduce can abort the peer ("terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
