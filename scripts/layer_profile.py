@@ -11,12 +11,11 @@ import argparse
 import time
 
 import torch
-import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-import corrmm
 from corrmm.geometry import make_geometry
 from corrmm.selection import auto_choice
+from model_layers import pass_calls  # scripts/ is on sys.path when this script runs
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -27,29 +26,6 @@ def parse(spec):
     ws = tuple(int(v) for v in ws.split(","))
     nd = len(xs) - 2
     return xs, ws, (int(s[1:]),) * nd, (int(p[1:]),) * nd, int(g[1:]), pass_name
-
-
-def calls(xs, ws, stride, padding, groups, pass_name, dtype):
-    nd = len(xs) - 2
-    fmt = {1: torch.contiguous_format, 2: torch.channels_last, 3: torch.channels_last_3d}[nd]
-    x = torch.randn(xs, device="cuda", dtype=dtype).contiguous(memory_format=fmt)
-    w = (torch.randn(ws, device="cuda", dtype=dtype) * 0.1).contiguous(memory_format=fmt)
-    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd]
-    dy = torch.randn_like(conv(x, w, None, stride, padding, 1, groups))
-    mask = {"forward": None, "grad_input": [True, False, False], "grad_weight": [False, True, False]}[pass_name]
-    if mask is None:
-        torch_call = lambda: conv(x, w, None, stride, padding, 1, groups)  # noqa: E731
-        corrmm_call = lambda: getattr(corrmm, f"corr{nd}d")(x, w, padding, stride, 1, groups)  # noqa: E731
-    else:
-        torch_call = lambda: torch.ops.aten.convolution_backward(  # noqa: E731
-            dy, x, w, None, stride, padding, (1,) * nd, False, (0,) * nd, groups, mask)
-        if pass_name == "grad_input":
-            corrmm_call = lambda: getattr(corrmm, f"corr{nd}d_grad_input")(  # noqa: E731
-                w, dy, xs[2:], padding, stride, 1, groups)
-        else:
-            corrmm_call = lambda: getattr(corrmm, f"corr{nd}d_grad_weight")(  # noqa: E731
-                x, dy, ws[2:], padding, stride, 1, groups)
-    return {"torch": torch_call, "corrmm": corrmm_call}
 
 
 def measure(fn, reps=200):
@@ -91,7 +67,9 @@ def main():
         xs, ws, stride, padding, groups, pass_name = parse(spec)
         algo = auto_choice(pass_name, make_geometry(xs, ws, padding, stride, 1, groups), torch.device("cuda"), dtype)
         print(f"\n== {spec}  (auto: {algo})")
-        for side, fn in calls(xs, ws, stride, padding, groups, pass_name, dtype).items():
+        key = (len(xs) - 2, xs, ws, stride, padding, (1,) * (len(xs) - 2), groups)
+        for side, passes in pass_calls(key, dtype, torch.device("cuda")).items():
+            fn = passes[pass_name]
             host_us, gpu_us, kernels = measure(fn)
             print(f"  {side:6s} host {host_us:7.1f} us/call   stream {gpu_us:7.1f} us/call")
             for us, count, name in kernels:

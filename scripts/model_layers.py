@@ -12,21 +12,21 @@ geometry occurs, so the table says which layers hold a model's convolution time 
 import argparse
 import collections
 import json
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
-import triton.testing
 
 import corrmm
 from corrmm.bench import models as model_bench
+from corrmm.bench.timing import TimingConfig, measure
 from corrmm.geometry import make_geometry
 from corrmm.selection import auto_choice
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 PASSES = ("forward", "grad_input", "grad_weight")
+#: 10 ms of warm-up, 40 ms of timed calls, median (do_bench on a GPU, the host clock on the CPU)
+TIMING = TimingConfig(10.0, 40.0, 3)
 
 
 def conv_layers(name: str, device: torch.device):
@@ -49,33 +49,24 @@ def conv_layers(name: str, device: torch.device):
     return seen
 
 
-def _median_ms(fn, device) -> float:
-    if device.type == "cuda":
-        return triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median")
-    fn()
-    times = []
-    for _ in range(5):
-        begin = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - begin) * 1e3)
-    return statistics.median(times)
-
-
-def time_layer(key, dtype, device):
+def pass_calls(key, dtype, device):
+    """{"torch": {pass: fn}, "corrmm": {pass: fn}} for one layer key, on fresh channels_last tensors."""
     ndim, xs, ws, stride, padding, dilation, groups = key
     fmt = {1: torch.contiguous_format, 2: torch.channels_last, 3: torch.channels_last_3d}[ndim]
     x = torch.randn(xs, device=device, dtype=dtype).contiguous(memory_format=fmt)
     w = torch.randn(ws, device=device, dtype=dtype).contiguous(memory_format=fmt) * 0.1
     conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[ndim]
-    y = conv(x, w, None, stride, padding, dilation, groups)
-    dy = torch.randn_like(y)
-    fns = {
+    dy = torch.randn_like(conv(x, w, None, stride, padding, dilation, groups))
+
+    def torch_backward(mask):
+        return lambda: torch.ops.aten.convolution_backward(
+            dy, x, w, None, stride, padding, dilation, False, [0] * ndim, groups, mask)
+
+    return {
         "torch": {
             "forward": lambda: conv(x, w, None, stride, padding, dilation, groups),
-            "grad_input": lambda: torch.ops.aten.convolution_backward(
-                dy, x, w, None, stride, padding, dilation, False, [0] * ndim, groups, [True, False, False]),
-            "grad_weight": lambda: torch.ops.aten.convolution_backward(
-                dy, x, w, None, stride, padding, dilation, False, [0] * ndim, groups, [False, True, False]),
+            "grad_input": torch_backward([True, False, False]),
+            "grad_weight": torch_backward([False, True, False]),
         },
         "corrmm": {
             "forward": lambda: getattr(corrmm, f"corr{ndim}d")(x, w, padding, stride, dilation, groups),
@@ -85,11 +76,14 @@ def time_layer(key, dtype, device):
                 x, dy, ws[2:], padding, stride, dilation, groups),
         },
     }
+
+
+def time_layer(key, dtype, device):
     out = {}
-    for side, passes in fns.items():
+    for side, passes in pass_calls(key, dtype, device).items():
         for p, fn in passes.items():
             try:
-                out[(side, p)] = _median_ms(fn, device)
+                out[(side, p)] = measure(fn, device, TIMING)
             except Exception as err:  # noqa: BLE001 - a probe reports and goes on
                 out[(side, p)] = float("nan")
                 print(f"  {side} {p} failed: {str(err).splitlines()[0][:120]}", file=sys.stderr)
