@@ -52,8 +52,6 @@ class _FakeCompiled:
 
 
 def test_lean_runner_launches_on_torchs_stream_and_defers_to_triton_under_a_profiler(monkeypatch):
-    import triton
-
     monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda device: 1000 + device, raising=False)
     monkeypatch.setattr(torch._C, "_cuda_getDevice", lambda: 3, raising=False)
     compiled = _FakeCompiled()
@@ -64,14 +62,12 @@ def test_lean_runner_launches_on_torchs_stream_and_defers_to_triton_under_a_prof
 
     # a launch hook (a profiler): every launch goes through Triton's runner, which calls it
     hook = lambda *args: None  # noqa: E731
-    runtime = triton.knobs.runtime if hasattr(triton, "knobs") else None
-    chain = getattr(runtime, "launch_enter_hook", None)
+    owner = common._hook_owner()
+    chain = owner.launch_enter_hook
     if hasattr(chain, "add"):  # Triton 3.9: a chain of hooks
         chain.add(hook)
         undo = lambda: chain.remove(hook)  # noqa: E731
     else:  # a plain attribute, None when unset
-        from triton.compiler.compiler import CompiledKernel
-        owner = runtime if runtime is not None and hasattr(runtime, "launch_enter_hook") else CompiledKernel
         monkeypatch.setattr(owner, "launch_enter_hook", hook)
         undo = lambda: monkeypatch.setattr(owner, "launch_enter_hook", None)  # noqa: E731
     try:

@@ -60,6 +60,8 @@ SIDES = ("torch", "corrmm")
 MODES = ("eager", "compiled", "reduce-overhead")
 #: torch.compile's mode for each compiled bench mode (the same on both sides)
 COMPILE_MODES = {"compiled": None, "reduce-overhead": "reduce-overhead"}
+#: what ``--models`` runs on a GPU unless ``--modes`` says otherwise (the CPU: eager only)
+DEFAULT_GPU_MODES = ("eager", "compiled")
 #: the backend each side compiles with (tests swap in the code-generation-free ones)
 COMPILE_BACKENDS = {"torch": "inductor", "corrmm": "corrmm"}
 #: autocast dtypes; fp32 and tf32 run without autocast

@@ -68,7 +68,7 @@ def _plan(args) -> model_bench.ModelPlan:
     unknown = [d for d in dtypes if d not in model_bench.MODEL_DTYPES]
     if unknown:
         raise ValueError(f"unknown --dtype {unknown} for --models: expected some of {list(model_bench.MODEL_DTYPES)}")
-    modes = _split(args.modes) or (["eager", "compiled"] if device.type == "cuda" else ["eager"])
+    modes = _split(args.modes) or (list(model_bench.DEFAULT_GPU_MODES) if device.type == "cuda" else ["eager"])
     unknown = [m for m in modes if m not in model_bench.MODES]
     if unknown:
         raise ValueError(f"unknown --modes {unknown}: expected some of {list(model_bench.MODES)}")

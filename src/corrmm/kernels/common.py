@@ -22,6 +22,7 @@
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable, Dict, List, Sequence
 
@@ -337,19 +338,22 @@ class KernelLaunch:
         return _lean_runner(compiled, grid), tuple(named[n] for n in trailing), _alignment(tensors)
 
 
-def _launch_hooks():
-    """Triton's launch enter/exit hooks (a profiler such as proton sets them), wherever this Triton keeps them."""
-    knobs = getattr(triton, "knobs", None)
-    runtime = getattr(knobs, "runtime", None)
+@functools.lru_cache(maxsize=None)
+def _hook_owner():
+    """Where this Triton keeps its launch enter/exit hooks: ``triton.knobs.runtime`` or ``CompiledKernel``."""
+    runtime = getattr(getattr(triton, "knobs", None), "runtime", None)
     if runtime is not None and hasattr(runtime, "launch_enter_hook"):
-        return runtime.launch_enter_hook, runtime.launch_exit_hook
+        return runtime
     from triton.compiler.compiler import CompiledKernel
-    return getattr(CompiledKernel, "launch_enter_hook", None), getattr(CompiledKernel, "launch_exit_hook", None)
+    return CompiledKernel
 
 
 def _hooks_active() -> bool:
-    """Whether a launch hook would run: set (Triton 3.6) or a non-empty chain (Triton 3.9's HookChain)."""
-    return any(hook is not None and bool(getattr(hook, "calls", True)) for hook in _launch_hooks())
+    """Whether a launch hook (a profiler such as proton) would run: set (Triton 3.6) or a non-empty chain
+    (Triton 3.9's HookChain)."""
+    owner = _hook_owner()
+    return any(hook is not None and bool(getattr(hook, "calls", True))
+               for hook in (getattr(owner, "launch_enter_hook", None), getattr(owner, "launch_exit_hook", None)))
 
 
 def _lean_runner(compiled, grid):
