@@ -51,6 +51,15 @@ class Algorithm:
             reasons.append(f"{self.name} does not support dtype {dtype}")
         return reasons
 
+    def unit_step_reasons(self, geometry: ConvGeometry) -> List[str]:
+        """Why a method that needs stride 1 and dilation 1 (a plain GEMM, a transform) cannot serve ``geometry``."""
+        reasons = []
+        if any(s != 1 for s in geometry.stride):
+            reasons.append(f"{self.name} needs stride 1, got subsample {geometry.stride}")
+        if any(d != 1 for d in geometry.dilation):
+            reasons.append(f"{self.name} needs dilation 1, got filter_dilation {geometry.dilation}")
+        return reasons
+
     def emulated_on(self, device: torch.device) -> bool:
         """True where this algorithm only runs in an emulator (correct, never fast): the tuner skips it."""
         return False

@@ -151,10 +151,7 @@ class FFT(Algorithm):
     def not_supported_reasons(self, geometry: ConvGeometry, pass_name: str, device: torch.device,
                               dtype: torch.dtype) -> List[str]:
         reasons = super().not_supported_reasons(geometry, pass_name, device, dtype)
-        if any(s != 1 for s in geometry.stride):
-            reasons.append(f"fft needs stride 1, got subsample {geometry.stride}")
-        if any(d != 1 for d in geometry.dilation):
-            reasons.append(f"fft needs dilation 1, got filter_dilation {geometry.dilation}")
+        reasons += self.unit_step_reasons(geometry)
         return reasons
 
     @direct_when_non_finite

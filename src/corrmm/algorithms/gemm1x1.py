@@ -115,10 +115,7 @@ class Gemm1x1(Algorithm):
         g = geometry
         if any(k != 1 for k in g.kernel):
             reasons.append(f"gemm1x1 needs a 1x1 kernel, got kernel {g.kernel}")
-        if any(s != 1 for s in g.stride):
-            reasons.append(f"gemm1x1 needs stride 1, got subsample {g.stride}")
-        if any(d != 1 for d in g.dilation):
-            reasons.append(f"gemm1x1 needs dilation 1, got filter_dilation {g.dilation}")
+        reasons += self.unit_step_reasons(g)
         if any(low or high for low, high in g.padding):
             reasons.append(f"gemm1x1 needs no padding, got padding {g.padding}")
         return reasons

@@ -286,10 +286,7 @@ class Winograd(Algorithm):
             reasons.append(f"winograd serves 1-D and 2-D problems, got {geometry.ndim}-D")
         if any(k != TAPS for k in geometry.kernel):
             reasons.append(f"winograd needs a kernel of {TAPS} taps in every dimension, got {geometry.kernel}")
-        if any(s != 1 for s in geometry.stride):
-            reasons.append(f"winograd needs stride 1, got subsample {geometry.stride}")
-        if any(d != 1 for d in geometry.dilation):
-            reasons.append(f"winograd needs dilation 1, got filter_dilation {geometry.dilation}")
+        reasons += self.unit_step_reasons(geometry)
         return reasons
 
     # a tile transform mixes neighbouring values (Inf - Inf = NaN): see algorithms.non_finite
